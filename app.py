@@ -1,0 +1,110 @@
+"""The ownfeed application factory; `flask run` and gunicorn find `app` here."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from dotenv import load_dotenv
+from flask import Flask, render_template
+from flask_wtf.csrf import CSRFError
+
+import images
+import oauth
+import sandbox
+import settings
+from auth import SESSION_LIFETIME
+from extensions import csrf
+from logs import configure_logging
+from services import Services
+from timeutil import utc_now
+from token_store import TokenStore
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(test_config: dict[str, Any] | None = None) -> Flask:
+    """Create and configure an ownfeed app.
+
+    `test_config` overrides the environment, and `.env` is not read when it is
+    given, so tests see only what they set. Raises settings.ConfigError, naming
+    the key, when the configuration cannot work.
+    """
+    # Environment: .env fills in what the real environment does not set.
+    if test_config is None:
+        load_dotenv(Path.cwd() / ".env")
+    config = settings.read_environment(os.environ)
+    config.update(test_config or {})
+
+    # Instance folder: the token file, the feed cache and generated keys.
+    instance_path = config.get("INSTANCE_PATH") or os.environ.get(
+        "OWNFEED_INSTANCE_PATH"
+    )
+    app = Flask(
+        __name__, instance_path=instance_path and str(Path(instance_path).resolve())
+    )
+    Path(app.instance_path).mkdir(mode=0o700, parents=True, exist_ok=True)
+
+    # Defaults, each with its reason, then the checked configuration.
+    app.config.update(
+        # Flask-WTF tokens last as long as the admin session, not 1 hour, so a
+        # login form left open does not fail.
+        WTF_CSRF_TIME_LIMIT=None,
+        SESSION_COOKIE_HTTPONLY=True,
+        SESSION_COOKIE_SAMESITE="Lax",
+        PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
+    )
+    app.config.update(config)
+    settings.resolve_mode(app.config, Path(app.instance_path))
+    if app.config["OWNFEED_SANDBOX"]:
+        client_id, client_secret = sandbox.credentials(app.config["SECRET_KEY"])
+        app.config["INSTAGRAM_CLIENT_ID"] = client_id
+        app.config["INSTAGRAM_CLIENT_SECRET"] = client_secret
+
+    # Services: logging, the token store and the clock.
+    if not app.testing:
+        configure_logging()
+    app.extensions["ownfeed"] = Services(
+        token_store=TokenStore(Path(app.instance_path) / "tokens.json"),
+        clock=config.get("CLOCK", utc_now),
+    )
+    app.extensions["ownfeed_clock"] = app.extensions["ownfeed"].clock
+    csrf.init_app(app)
+
+    # Blueprints.
+    register_blueprints(app)
+    app.register_error_handler(CSRFError, _csrf_failed)
+    _log_mode(app)
+    return app
+
+
+def register_blueprints(app: Flask) -> None:
+    """Attach the admin pages, and the sandbox when it is on."""
+    app.register_blueprint(oauth.bp)
+    app.register_blueprint(images.bp)
+    if app.config["OWNFEED_SANDBOX"]:
+        app.register_blueprint(sandbox.bp)
+
+
+def _csrf_failed(error: CSRFError) -> tuple[str, int]:
+    message = (
+        "The form was missing its security token or it did not match this browser "
+        "session. Reload the page and submit the form again."
+    )
+    return render_template("message.html", title="Form expired", message=message), 400
+
+
+def _log_mode(app: Flask) -> None:
+    if app.config["OWNFEED_SANDBOX"]:
+        logger.info(
+            "ownfeed started in sandbox mode; instance folder %s", app.instance_path
+        )
+    else:
+        logger.info(
+            "ownfeed started for Instagram; instance folder %s", app.instance_path
+        )
+
+
+app = create_app()

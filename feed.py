@@ -1,0 +1,352 @@
+"""The feed cache: a provider's posts in memory and on disk, refreshed once.
+
+Each provider's feed lives in `instance/feed-<name>.json`, written like the token
+file (atomic replace, 0600). Every worker process keeps the parsed file in memory
+and re-reads it when it changes on disk.
+
+A stale feed is served at once while one background thread, in one process,
+fetches the new one: the fetch holds a non-blocking `flock` on
+`feed-<name>.json.refresh`, so other workers skip it. A cold start, with nothing
+to serve, waits for the same lock, so many concurrent first requests make one
+fetch. A failed fetch keeps the last good posts, records the error, and backs
+off before the next attempt (the provider's own wait after a rate limit).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from search import SearchKey, search_key
+from timeutil import parse_iso, to_iso
+from token_store import TokenStoreError, file_lock, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+# Waiting after consecutive failures: 1, 2, 4, ... minutes, at most the cache time.
+FIRST_BACKOFF_SECONDS = 60
+# How long a cold request waits for another worker's first fetch before giving up.
+COLD_WAIT_SECONDS = 60.0
+
+
+class FeedError(Exception):
+    """No feed can be served; `code` is the public error code."""
+
+    def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What one successful fetch returns."""
+
+    posts: list[dict[str, Any]]
+    account: dict[str, Any]
+
+
+# A fetch callable returns Fetched or raises FeedError; it is prepared in the
+# request (which knows the server's address) and may run in a background thread.
+Fetch = Callable[[], Fetched]
+
+
+@dataclass
+class Snapshot:
+    """One version of the feed file, with what is derived from it once."""
+
+    posts: list[dict[str, Any]] | None
+    account: dict[str, Any]
+    fetched_at: datetime | None
+    last_error: dict[str, Any] | None
+    failed_at: datetime | None
+    retry_at: datetime | None
+    failures: int
+    version: str
+    _search_keys: list[SearchKey] | None = field(default=None, repr=False)
+    _keys_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    @property
+    def has_posts(self) -> bool:
+        return self.posts is not None
+
+    def search_keys(self) -> list[SearchKey]:
+        """Return each post's search key, computed once per version."""
+        with self._keys_lock:
+            if self._search_keys is None:
+                self._search_keys = [
+                    search_key(post["caption"]) for post in self.posts or []
+                ]
+            return self._search_keys
+
+    def is_stale(self, now: datetime, ttl: timedelta, fetchable: bool = True) -> bool:
+        """Tell whether the posts are past their time because they cannot be fetched.
+
+        That is when the last fetch failed, or when no fetch can run (the token
+        needs a new login).
+        """
+        if self.fetched_at is None or now - self.fetched_at <= ttl:
+            return False
+        if not fetchable:
+            return True
+        return self.failed_at is not None and self.failed_at >= self.fetched_at
+
+    def needs_fetch(self, now: datetime, ttl: timedelta) -> bool:
+        """Tell whether a fetch is due: never done or too old, and not backing off."""
+        if self.retry_at is not None and now < self.retry_at:
+            return False
+        return self.fetched_at is None or now - self.fetched_at > ttl
+
+
+class FeedCache:
+    """The cached feed of one provider."""
+
+    def __init__(
+        self, path: Path, clock: Callable[[], datetime], ttl_seconds: int
+    ) -> None:
+        self.path = Path(path)
+        self.refresh_lock_path = Path(f"{path}.refresh")
+        self.clock = clock
+        self.ttl = timedelta(seconds=ttl_seconds)
+        self._snapshot: Snapshot | None = None
+        self._signature: tuple[int, int, int] | None = None
+        self._memory_lock = threading.Lock()
+        self._background: threading.Thread | None = None
+
+    # --- reading ----------------------------------------------------------
+
+    def snapshot(self) -> Snapshot:
+        """Return the current version of the feed file (an empty one when none)."""
+        signature = self._file_signature()
+        with self._memory_lock:
+            if self._snapshot is not None and signature == self._signature:
+                return self._snapshot
+        snapshot = self._read_file()
+        with self._memory_lock:
+            self._snapshot, self._signature = snapshot, signature
+        return snapshot
+
+    def get(self, fetch: Fetch) -> Snapshot:
+        """Return a feed to serve now, fetching first only when none was ever saved.
+
+        Raises FeedError when there are no posts to serve and the fetch failed.
+        """
+        snapshot = self.snapshot()
+        now = self.clock()
+        if snapshot.has_posts:
+            if snapshot.needs_fetch(now, self.ttl):
+                self.refresh_in_background(fetch)
+            return snapshot
+        if snapshot.needs_fetch(now, self.ttl):
+            snapshot = self._refresh_cold(fetch)
+        if not snapshot.has_posts:
+            raise _error_of(snapshot, now)
+        return snapshot
+
+    # --- refreshing -------------------------------------------------------
+
+    def refresh_in_background(self, fetch: Fetch) -> None:
+        """Start one background fetch in this process unless one is running."""
+        with self._memory_lock:
+            if self._background is not None and self._background.is_alive():
+                return
+            self._background = threading.Thread(
+                target=self._refresh_if_free,
+                args=(fetch,),
+                name="feed-refresh",
+                daemon=True,
+            )
+            self._background.start()
+
+    def wait_for_background(self, timeout: float = 30.0) -> None:
+        """Wait for this process's background fetch, if any (tests and commands)."""
+        thread = self._background
+        if thread is not None:
+            thread.join(timeout)
+
+    def refresh_now(self, fetch: Fetch) -> Snapshot:
+        """Fetch now, whatever the cache time, waiting for any fetch under way."""
+        with self._refresh_lock(blocking=True):
+            return self._fetch_and_save(fetch)
+
+    def _refresh_if_free(self, fetch: Fetch) -> None:
+        try:
+            with self._refresh_lock(blocking=False) as acquired:
+                if not acquired:
+                    return
+                # Another worker may have fetched while this one was deciding.
+                if self.snapshot().needs_fetch(self.clock(), self.ttl):
+                    self._fetch_and_save(fetch)
+        except Exception:
+            # A background thread has no caller to raise to: log and go on
+            # serving the saved feed.
+            logger.exception("Background feed refresh of %s failed", self.path.name)
+
+    def _refresh_cold(self, fetch: Fetch) -> Snapshot:
+        with self._refresh_lock(blocking=True):
+            snapshot = self.snapshot()
+            if snapshot.needs_fetch(self.clock(), self.ttl):
+                snapshot = self._fetch_and_save(fetch)
+            return snapshot
+
+    def _fetch_and_save(self, fetch: Fetch) -> Snapshot:
+        """Run one fetch and save its outcome: new posts, or the error and backoff."""
+        previous = self.snapshot()
+        started = self.clock()
+        try:
+            fetched = fetch()
+        except FeedError as err:
+            return self._save_failure(previous, err, started)
+        document = {
+            "posts": fetched.posts,
+            "account": fetched.account,
+            "fetched_at": to_iso(started),
+            "last_error": None,
+            "failed_at": None,
+            "retry_at": None,
+            "failures": 0,
+        }
+        self._write(document)
+        logger.info("Saved %d posts to %s", len(fetched.posts), self.path.name)
+        return self.snapshot()
+
+    def _save_failure(
+        self, previous: Snapshot, err: FeedError, at: datetime
+    ) -> Snapshot:
+        failures = previous.failures + 1
+        wait = err.retry_after
+        if wait is None:
+            wait = min(
+                FIRST_BACKOFF_SECONDS * 2 ** (failures - 1), self.ttl.total_seconds()
+            )
+        document = {
+            "posts": previous.posts,
+            "account": previous.account,
+            "fetched_at": to_iso(previous.fetched_at),
+            "last_error": {"at": to_iso(at), "code": err.code, "message": err.message},
+            "failed_at": to_iso(at),
+            "retry_at": to_iso(at + timedelta(seconds=wait)),
+            "failures": failures,
+        }
+        logger.warning(
+            "Feed fetch for %s failed (%s), next try in %d s: %s",
+            self.path.name,
+            err.code,
+            wait,
+            err.message,
+        )
+        self._write(document)
+        return self.snapshot()
+
+    def _write(self, document: dict[str, Any]) -> None:
+        try:
+            with file_lock(self.path):
+                write_json_atomic(self.path, document)
+        except TokenStoreError as err:
+            # The posts stay in memory; the next fetch tries to save them again.
+            logger.error("Cannot save the feed: %s", err)
+            with self._memory_lock:
+                self._snapshot = _snapshot_of(document)
+                self._signature = None
+
+    # --- files ------------------------------------------------------------
+
+    def _file_signature(self) -> tuple[int, int, int] | None:
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+    def _read_file(self) -> Snapshot:
+        try:
+            document = json.loads(self.path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            document = {}
+        except (OSError, ValueError) as err:
+            logger.error("Ignoring unreadable feed file %s: %s", self.path, err)
+            document = {}
+        if not isinstance(document, dict):
+            document = {}
+        return _snapshot_of(document)
+
+    def _refresh_lock(self, blocking: bool) -> _RefreshLock:
+        return _RefreshLock(self.refresh_lock_path, blocking)
+
+
+class _RefreshLock:
+    """An flock on the refresh lock file; `as` gives whether it was acquired.
+
+    Blocking acquisition polls, so a worker stuck in a fetch cannot hold a cold
+    request for longer than COLD_WAIT_SECONDS.
+    """
+
+    def __init__(self, path: Path, blocking: bool) -> None:
+        self.path = path
+        self.blocking = blocking
+        self.fd: int | None = None
+
+    def __enter__(self) -> bool:
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
+        deadline = time.monotonic() + COLD_WAIT_SECONDS
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                self.fd = fd
+                return True
+            except BlockingIOError:
+                if not self.blocking:
+                    os.close(fd)
+                    return False
+                if time.monotonic() > deadline:
+                    os.close(fd)
+                    raise FeedError(
+                        "upstream_unavailable",
+                        "Another worker's feed fetch has not finished. Try again soon.",
+                    ) from None
+                time.sleep(0.05)
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.fd is not None:
+            fcntl.flock(self.fd, fcntl.LOCK_UN)
+            os.close(self.fd)
+            self.fd = None
+
+
+def _snapshot_of(document: dict[str, Any]) -> Snapshot:
+    posts = document.get("posts")
+    body = json.dumps(
+        [posts, document.get("fetched_at"), document.get("failed_at")], sort_keys=True
+    )
+    return Snapshot(
+        posts=posts if isinstance(posts, list) else None,
+        account=document.get("account") or {},
+        fetched_at=parse_iso(document.get("fetched_at")),
+        last_error=document.get("last_error"),
+        failed_at=parse_iso(document.get("failed_at")),
+        retry_at=parse_iso(document.get("retry_at")),
+        failures=int(document.get("failures") or 0),
+        version=hashlib.sha256(body.encode()).hexdigest()[:16],
+    )
+
+
+def _error_of(snapshot: Snapshot, now: datetime) -> FeedError:
+    """Describe why there are no posts, from the last recorded failure."""
+    error = snapshot.last_error or {}
+    code = error.get("code") or "upstream_unavailable"
+    message = error.get("message") or "The feed has not been fetched yet."
+    retry_after = None
+    if snapshot.retry_at is not None:
+        retry_after = max(1, int((snapshot.retry_at - now).total_seconds()))
+    return FeedError(code, message, retry_after)

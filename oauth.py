@@ -1,0 +1,361 @@
+"""The admin blueprint and the provider-agnostic authorization-code flow.
+
+The callback follows the protocol in order: the provider's error, the state, the
+code exchange, the token store, the redirect to the summary. Each `state` is
+random, bound to the browser session that started it, single use, and valid for
+ten minutes; it is kept server side with the redirect URI and the PKCE verifier,
+so none of them travels in a cookie.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+import secrets
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from flask import (
+    Blueprint,
+    abort,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from werkzeug.wrappers import Response
+
+import auth
+from instagram import InstagramError
+from providers import PROVIDERS, Provider
+from services import instance_file, now, token_store
+from timeutil import parse_iso, to_iso
+from token_store import TokenStoreError, file_lock, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+
+STATE_LIFETIME = timedelta(minutes=10)
+# Used states are remembered this long after they expire, to report a replay
+# as "already used" rather than "unknown".
+USED_STATE_MEMORY = timedelta(hours=1)
+
+
+class StateError(Exception):
+    """The callback's `state` is missing, unknown, reused, expired or foreign."""
+
+
+@dataclass(frozen=True)
+class PendingAuthorization:
+    """What the callback needs from the authorize step."""
+
+    redirect_uri: str
+    code_verifier: str | None
+
+
+class PendingAuthorizations:
+    """Started authorizations, keyed by a hash of their state, in a 0600 file."""
+
+    def __init__(self) -> None:
+        self.path = instance_file("oauth-pending.json")
+
+    def begin(
+        self, provider: Provider, binding: str, redirect_uri: str
+    ) -> tuple[str, str | None]:
+        """Record a new attempt; return its state and its PKCE S256 challenge."""
+        state = secrets.token_urlsafe(32)
+        verifier = secrets.token_urlsafe(64) if provider.uses_pkce else None
+        entry = {
+            "provider": provider.name,
+            "binding": _digest(binding),
+            "redirect_uri": redirect_uri,
+            "code_verifier": verifier,
+            "expires_at": to_iso(now() + STATE_LIFETIME),
+            "used_at": None,
+        }
+        with file_lock(self.path):
+            entries = self._read_pruned()
+            entries[_digest(state)] = entry
+            write_json_atomic(self.path, entries)
+        return state, _s256(verifier) if verifier else None
+
+    def complete(
+        self, provider: Provider, state: str, binding: str
+    ) -> PendingAuthorization:
+        """Consume the attempt that `state` names, or raise StateError saying why."""
+        if not state:
+            raise StateError(
+                "The callback has no state parameter, so it cannot be matched to an "
+                "authorization started here. Start again from the Generate button."
+            )
+        with file_lock(self.path):
+            entries = self._read_pruned()
+            entry = entries.get(_digest(state))
+            problem = self._problem(entry, provider, binding)
+            if entry is not None and entry["used_at"] is None:
+                entry["used_at"] = to_iso(now())
+                verifier, entry["code_verifier"] = entry["code_verifier"], None
+                write_json_atomic(self.path, entries)
+        if problem:
+            raise StateError(problem + " Start again from the Generate button.")
+        return PendingAuthorization(entry["redirect_uri"], verifier)
+
+    @staticmethod
+    def _problem(entry: dict[str, Any] | None, provider: Provider, binding: str) -> str:
+        if entry is None or entry["provider"] != provider.name:
+            return "The state parameter does not match any authorization started here."
+        if entry["used_at"] is not None:
+            return "This authorization was already completed; a callback works once."
+        if parse_iso(entry["expires_at"]) <= now():
+            return "The authorization was started more than 10 minutes ago and expired."
+        if not secrets.compare_digest(entry["binding"], _digest(binding)):
+            return "The authorization was started in another browser session."
+        return ""
+
+    def _read_pruned(self) -> dict[str, Any]:
+        try:
+            entries = json.loads(self.path.read_text(encoding="utf-8"))
+        except (FileNotFoundError, ValueError):
+            return {}
+        cutoff = now() - USED_STATE_MEMORY
+        return {
+            key: entry
+            for key, entry in entries.items()
+            if parse_iso(entry["expires_at"]) > cutoff
+        }
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()
+
+
+def _s256(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+# --- access control -------------------------------------------------------
+
+
+@bp.before_request
+def require_admin() -> Response | None:
+    """Send anonymous requests to the login page; only login itself is open."""
+    if request.endpoint == "admin.login" or auth.is_admin():
+        return None
+    if request.method == "GET":
+        return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
+    abort(403)
+
+
+@bp.after_request
+def keep_codes_private(response: Response) -> Response:
+    """Keep admin URLs (the callback carries the code) out of Referer headers."""
+    response.headers["Referrer-Policy"] = "no-referrer"
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.app_context_processor
+def admin_template_values() -> dict[str, Any]:
+    """Give every template the password warning and the provider names."""
+    return {"admin_is_open": not auth.password_required(), "providers": PROVIDERS}
+
+
+def _safe_next(target: str | None) -> str:
+    """Return `target` when it is a path on this site's admin pages, else generate."""
+    if target:
+        parts = urlsplit(target)
+        if not parts.scheme and not parts.netloc and target.startswith("/admin/"):
+            if "\\" not in target:
+                return target
+    return url_for("admin.generate")
+
+
+# --- login ----------------------------------------------------------------
+
+
+@bp.route("/login", methods=["GET", "POST"])
+def login() -> Response | str | tuple[str, int, dict[str, str]]:
+    """Show the password form and start an admin session on the right password."""
+    next_url = _safe_next(request.values.get("next"))
+    if not auth.password_required():
+        return redirect(next_url)
+    if request.method == "GET":
+        return render_template("login.html", next_url=next_url)
+
+    throttle = auth.LoginThrottle()
+    address = request.remote_addr or "unknown"
+    wait = throttle.retry_after(address)
+    if wait:
+        logger.warning("Login throttled for %s for %d s", address, wait)
+        message = (
+            f"Too many failed logins from your address. Try again in {wait} seconds."
+        )
+        page = render_template("login.html", next_url=next_url, error=message)
+        return page, 429, {"Retry-After": str(wait)}
+
+    if not auth.check_password(request.form.get("password", "")):
+        throttle.record_failure(address)
+        logger.warning("Failed admin login from %s", address)
+        page = render_template(
+            "login.html", next_url=next_url, error="The password is incorrect."
+        )
+        return page, 401, {}
+
+    throttle.clear(address)
+    auth.start_admin_session()
+    logger.info("Admin logged in from %s", address)
+    return redirect(next_url, code=303)
+
+
+@bp.post("/logout")
+def logout() -> Response:
+    """End the admin session."""
+    auth.end_admin_session()
+    return redirect(url_for("admin.login"), code=303)
+
+
+# --- connecting -----------------------------------------------------------
+
+
+def _provider_or_404(name: str) -> Provider:
+    provider = PROVIDERS.get(name)
+    if provider is None:
+        abort(404, description=f"Unknown provider {name!r}.")
+    return provider
+
+
+@bp.get("/generate")
+def generate() -> str:
+    """List each provider with its connection status and a Generate button."""
+    return render_template("generate.html", connections=_connections())
+
+
+@bp.post("/generate/<provider>")
+def start_authorization(provider: str) -> Response:
+    """Start an authorization: 303 to the provider with a fresh state."""
+    chosen = _provider_or_404(provider)
+    if not chosen.is_configured():
+        _record_attempt(chosen, False, f"{chosen.title} is not configured.")
+        return redirect(url_for("admin.summary"), code=303)
+
+    redirect_uri = chosen.redirect_uri()
+    state, challenge = PendingAuthorizations().begin(
+        chosen, auth.session_binding(), redirect_uri
+    )
+    logger.info("Starting %s authorization", chosen.name)
+    return redirect(chosen.authorization_url(state, redirect_uri, challenge), code=303)
+
+
+@bp.get("/callback/<provider>")
+def callback(provider: str) -> Response:
+    """Complete an authorization: check state, exchange the code, store the token."""
+    chosen = _provider_or_404(provider)
+    state = request.args.get("state", "")
+
+    if "error" in request.args:
+        _consume_quietly(chosen, state)
+        reason = request.args.get("error_description") or request.args.get("error")
+        return _fail(chosen, f"{chosen.title} did not grant access: {reason}")
+
+    try:
+        pending = PendingAuthorizations().complete(
+            chosen, state, auth.session_binding()
+        )
+    except StateError as err:
+        logger.warning("Rejected %s callback: %s", chosen.name, err)
+        return _fail(chosen, str(err))
+
+    code = request.args.get("code", "").removesuffix("#_")
+    if not code:
+        return _fail(chosen, f"{chosen.title} sent no authorization code. Start again.")
+
+    try:
+        record = chosen.connect(code, pending.redirect_uri, pending.code_verifier)
+        token_store().set(chosen.name, record)
+    except (InstagramError, TokenStoreError) as err:
+        return _fail(chosen, str(err))
+
+    logger.info("Connected %s account %s", chosen.name, record.get("username"))
+    _record_attempt(chosen, True, f"Connected @{record.get('username')}.")
+    return redirect(url_for("admin.summary"), code=303)
+
+
+def _consume_quietly(provider: Provider, state: str) -> None:
+    """Use up the state of a denied attempt, so its callback cannot be replayed."""
+    try:
+        PendingAuthorizations().complete(provider, state, auth.session_binding())
+    except StateError:
+        pass  # A denial with a bad state changes nothing either way.
+
+
+def _fail(provider: Provider, message: str) -> Response:
+    logger.warning("%s connection failed: %s", provider.title, message)
+    _record_attempt(provider, False, message)
+    return redirect(url_for("admin.summary"), code=303)
+
+
+def _record_attempt(provider: Provider, succeeded: bool, message: str) -> None:
+    session["last_attempt"] = {
+        "provider": provider.title,
+        "succeeded": succeeded,
+        "message": message,
+        "at": to_iso(now()),
+    }
+
+
+# --- summary --------------------------------------------------------------
+
+
+@bp.get("/summary")
+def summary() -> str:
+    """Show the last attempt's outcome and each connection."""
+    return render_template(
+        "summary.html",
+        last_attempt=session.get("last_attempt"),
+        connections=_connections(),
+    )
+
+
+@bp.post("/disconnect/<provider>")
+def disconnect(provider: str) -> Response:
+    """Forget the provider's token."""
+    chosen = _provider_or_404(provider)
+    if token_store().delete(chosen.name):
+        logger.info("Disconnected %s", chosen.name)
+        _record_attempt(chosen, True, f"Disconnected {chosen.title}.")
+    return redirect(url_for("admin.summary"), code=303)
+
+
+def _connections() -> list[dict[str, Any]]:
+    """Describe each provider's connection for the templates, without its token."""
+    records = token_store().all()
+    moment = now()
+    connections = []
+    for provider in PROVIDERS.values():
+        record = records.get(provider.name)
+        view: dict[str, Any] = {
+            "provider": provider,
+            "configured": provider.is_configured(),
+            "connected": record is not None,
+        }
+        if record is not None:
+            expires_at = parse_iso(record.get("expires_at"))
+            view.update(
+                username=record.get("username"),
+                account_type=record.get("account_type"),
+                status=record.get("status"),
+                expires_at=expires_at,
+                days_left=(expires_at - moment).days if expires_at else None,
+                refreshed_at=parse_iso(record.get("refreshed_at")),
+                obtained_at=parse_iso(record.get("obtained_at")),
+                last_error=record.get("last_error"),
+            )
+        connections.append(view)
+    return connections

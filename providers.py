@@ -1,0 +1,113 @@
+"""The providers an owner can connect, each adapting its API client to the admin flow.
+
+The authorization-code flow in `oauth.py` knows nothing of Instagram: it asks a
+provider for its authorize URL and hands it the code, and the provider returns
+the record to keep in the token store.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+from flask import current_app, url_for
+
+from instagram import LongLivedToken
+from services import instagram_client, now
+from timeutil import to_iso
+
+
+class Provider(Protocol):
+    """What the authorization-code flow needs from a provider."""
+
+    name: str
+    title: str
+    uses_pkce: bool
+
+    def is_configured(self) -> bool:
+        """Tell whether the provider has the credentials it needs to connect."""
+
+    def redirect_uri(self) -> str:
+        """Return the exact redirect URI sent in the authorize step and the exchange."""
+
+    def authorization_url(
+        self, state: str, redirect_uri: str, code_challenge: str | None
+    ) -> str:
+        """Return the provider's authorize URL for this attempt."""
+
+    def connect(
+        self, code: str, redirect_uri: str, code_verifier: str | None
+    ) -> dict[str, Any]:
+        """Exchange the code and return the token record to store."""
+
+
+class InstagramProvider:
+    """Instagram API with Instagram Login, for professional accounts."""
+
+    name = "instagram"
+    title = "Instagram"
+    uses_pkce = False
+    scope = "instagram_business_basic"
+
+    def is_configured(self) -> bool:
+        """Tell whether an app ID and secret (or the sandbox's) are set."""
+        config = current_app.config
+        return bool(
+            config.get("INSTAGRAM_CLIENT_ID") and config.get("INSTAGRAM_CLIENT_SECRET")
+        )
+
+    def redirect_uri(self) -> str:
+        """Return INSTAGRAM_REDIRECT_URI, or this server's callback URL."""
+        configured = current_app.config.get("INSTAGRAM_REDIRECT_URI")
+        if configured:
+            return configured
+        return url_for("admin.callback", provider=self.name, _external=True)
+
+    def authorization_url(
+        self, state: str, redirect_uri: str, code_challenge: str | None = None
+    ) -> str:
+        """Return Instagram's authorize URL with client_id, scope and state."""
+        return instagram_client().authorize_url(redirect_uri, state, scope=self.scope)
+
+    def connect(
+        self, code: str, redirect_uri: str, code_verifier: str | None = None
+    ) -> dict[str, Any]:
+        """Exchange the code, trade it for a long-lived token and read the profile."""
+        client = instagram_client()
+        short_lived = client.exchange_code(code, redirect_uri)
+        long_lived = client.exchange_long_lived(short_lived.access_token)
+        profile = client.get_profile(long_lived.access_token)
+        return instagram_token_record(
+            long_lived, profile, short_lived.permissions, now()
+        )
+
+
+def instagram_token_record(
+    token: LongLivedToken,
+    profile: dict[str, Any],
+    permissions: list[str],
+    obtained_at: datetime,
+) -> dict[str, Any]:
+    """Build the token store's record for a newly obtained long-lived token.
+
+    `expires_in` becomes an absolute `expires_at` here, the one place where
+    Instagram tokens enter the store.
+    """
+    return {
+        "access_token": token.access_token,
+        "token_type": token.token_type.lower(),
+        "expires_at": to_iso(obtained_at + timedelta(seconds=token.expires_in)),
+        "obtained_at": to_iso(obtained_at),
+        "refreshed_at": None,
+        "user_id": profile.get("user_id"),
+        "app_user_id": profile.get("app_user_id"),
+        "username": profile.get("username"),
+        "account_type": profile.get("account_type"),
+        "permissions": list(permissions),
+        "status": "active",
+        "last_error": None,
+        "refresh_failures": 0,
+    }
+
+
+PROVIDERS: dict[str, Provider] = {"instagram": InstagramProvider()}

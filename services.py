@@ -1,0 +1,109 @@
+"""The per-app services every blueprint reaches through `current_app`.
+
+The factory puts one `Services` object in `app.extensions["ownfeed"]`; the
+helpers below look it up, so tests can build several apps side by side.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from flask import current_app, has_request_context, request
+
+import sandbox
+from instagram import Endpoints, InstagramClient
+from token_store import TokenStore
+
+# Where `flask run` listens unless told otherwise; used in sandbox mode when no
+# request says where the server is (the `flask token` and `flask feed` commands).
+DEFAULT_LOCAL_URL = "http://127.0.0.1:5000"
+
+
+@dataclass
+class Services:
+    """The token store, the API clients and the clock of one app."""
+
+    token_store: TokenStore
+    clock: Callable[[], datetime]
+    clients: dict[Endpoints, InstagramClient] = field(default_factory=dict)
+    feeds: dict[str, Any] = field(default_factory=dict)
+    clients_lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+def services() -> Services:
+    """Return the current app's services."""
+    return current_app.extensions["ownfeed"]
+
+
+def token_store() -> TokenStore:
+    """Return the current app's token store."""
+    return services().token_store
+
+
+def now() -> datetime:
+    """Return the current time from the app's clock (injectable in tests)."""
+    return services().clock()
+
+
+def instance_file(name: str) -> Path:
+    """Return the path of `name` in the instance folder."""
+    return Path(current_app.instance_path) / name
+
+
+def instagram_endpoints() -> Endpoints:
+    """Return the endpoint URLs the Instagram client calls.
+
+    In sandbox mode the authorize page is on the host the browser used, and the
+    server-side calls go to this same server over loopback.
+    """
+    config = current_app.config
+    if not config["OWNFEED_SANDBOX"]:
+        return Endpoints(
+            authorize_url=config["INSTAGRAM_AUTHORIZE_URL"],
+            token_url=config["INSTAGRAM_TOKEN_URL"],
+            graph_url=config["INSTAGRAM_GRAPH_URL"],
+            api_version=config["INSTAGRAM_API_VERSION"],
+        )
+    endpoints = sandbox.endpoints(
+        _sandbox_server_url(), config["INSTAGRAM_API_VERSION"]
+    )
+    if has_request_context():
+        browser_url = request.host_url.rstrip("/")
+        endpoints = replace(
+            endpoints, authorize_url=f"{browser_url}/sandbox/oauth/authorize"
+        )
+    return endpoints
+
+
+def instagram_client() -> InstagramClient:
+    """Return the app's Instagram client for the current endpoints, made once."""
+    endpoints = instagram_endpoints()
+    app_services = services()
+    with app_services.clients_lock:
+        client = app_services.clients.get(endpoints)
+        if client is None:
+            config = current_app.config
+            client = InstagramClient(
+                endpoints,
+                config["INSTAGRAM_CLIENT_ID"],
+                config["INSTAGRAM_CLIENT_SECRET"],
+            )
+            app_services.clients[endpoints] = client
+    return client
+
+
+def _sandbox_server_url() -> str:
+    configured = current_app.config.get("OWNFEED_SANDBOX_URL")
+    if configured:
+        return configured.rstrip("/")
+    if not has_request_context():
+        return DEFAULT_LOCAL_URL
+    # The port the server accepted this request on, never the Host header, which
+    # the client chooses.
+    port = request.environ.get("SERVER_PORT", "5000")
+    return f"http://127.0.0.1:{port}"

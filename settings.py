@@ -1,0 +1,227 @@
+"""Configuration: read from the environment, converted to types, and checked.
+
+Every key is documented in `.env.example` and in the README. Values are converted
+where they are read, so the rest of the code sees ints, bools and lists.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+INSTAGRAM_DEFAULTS = {
+    "INSTAGRAM_AUTHORIZE_URL": "https://www.instagram.com/oauth/authorize",
+    "INSTAGRAM_TOKEN_URL": "https://api.instagram.com/oauth/access_token",
+    "INSTAGRAM_GRAPH_URL": "https://graph.instagram.com",
+    # v25.0 is served until 2028-07-29 (Meta's versioning schedule).
+    "INSTAGRAM_API_VERSION": "v25.0",
+}
+
+STRING_KEYS = (
+    "SECRET_KEY",
+    "ADMIN_PASSWORD",
+    "ADMIN_PASSWORD_HASH",
+    "INSTAGRAM_CLIENT_ID",
+    "INSTAGRAM_CLIENT_SECRET",
+    "INSTAGRAM_REDIRECT_URI",
+    "NOTIFY_WEBHOOK_URL",
+    "NOTIFY_WEBHOOK_SECRET",
+    "OWNFEED_SANDBOX_URL",
+    *INSTAGRAM_DEFAULTS,
+)
+
+# (key, default, minimum, maximum)
+INTEGER_KEYS = (
+    ("FEED_CACHE_SECONDS", 1800, 1, 7 * 24 * 3600),
+    ("FEED_MAX_POSTS", 500, 1, 10_000),
+    ("REFRESH_BEFORE_DAYS", 30, 1, 59),
+    ("SANDBOX_POST_COUNT", 150, 1, 10_000),
+)
+
+URL_KEYS = (
+    "INSTAGRAM_AUTHORIZE_URL",
+    "INSTAGRAM_TOKEN_URL",
+    "INSTAGRAM_GRAPH_URL",
+    "INSTAGRAM_REDIRECT_URI",
+    "NOTIFY_WEBHOOK_URL",
+    "OWNFEED_SANDBOX_URL",
+)
+
+
+class ConfigError(Exception):
+    """A configuration value is missing or invalid; the message names the key."""
+
+
+def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Return the configuration keys found in `environ`, converted to their types."""
+    config: dict[str, Any] = dict(INSTAGRAM_DEFAULTS)
+    for key in STRING_KEYS:
+        value = environ.get(key, "").strip()
+        if value:
+            config[key] = value
+    for key, default, minimum, maximum in INTEGER_KEYS:
+        config[key] = _read_integer(environ, key, default, minimum, maximum)
+
+    config["OWNFEED_SANDBOX"] = _read_sandbox_switch(environ)
+    config["IMAGES_ALLOWED_ORIGINS"] = _read_origins(
+        environ.get("IMAGES_ALLOWED_ORIGINS", "")
+    )
+    config["SANDBOX_TOKEN_RESPONSE"] = environ.get("SANDBOX_TOKEN_RESPONSE", "flat")
+    return config
+
+
+def resolve_mode(config: dict[str, Any], instance_path: Path) -> None:
+    """Decide between sandbox and real provider, then check what that mode needs.
+
+    Sandbox mode fills in a generated SECRET_KEY kept in the instance folder.
+    Raises ConfigError naming the first missing or invalid key.
+    """
+    switch = config.get("OWNFEED_SANDBOX")
+    has_client = bool(config.get("INSTAGRAM_CLIENT_ID"))
+    if switch is None:
+        config["OWNFEED_SANDBOX"] = not has_client
+    elif switch is False and not has_client:
+        raise ConfigError(
+            "OWNFEED_SANDBOX is 0 but INSTAGRAM_CLIENT_ID is not set. Set "
+            "INSTAGRAM_CLIENT_ID and INSTAGRAM_CLIENT_SECRET to the Instagram app ID "
+            "and secret, or remove OWNFEED_SANDBOX to use the sandbox."
+        )
+
+    if config.get("ADMIN_PASSWORD") and config.get("ADMIN_PASSWORD_HASH"):
+        raise ConfigError(
+            "Both ADMIN_PASSWORD and ADMIN_PASSWORD_HASH are set. Set only one of them."
+        )
+    if config.get("SANDBOX_TOKEN_RESPONSE") not in ("flat", "documented"):
+        raise ConfigError(
+            f"SANDBOX_TOKEN_RESPONSE is {config.get('SANDBOX_TOKEN_RESPONSE')!r}. "
+            "Use 'flat' (the shape seen in live traffic) or 'documented'."
+        )
+    for key in URL_KEYS:
+        if config.get(key):
+            check_url(key, config[key])
+
+    if config["OWNFEED_SANDBOX"]:
+        if not config.get("SECRET_KEY"):
+            config["SECRET_KEY"] = _instance_secret_key(instance_path)
+        return
+    for key in ("INSTAGRAM_CLIENT_SECRET", "SECRET_KEY"):
+        if not config.get(key):
+            raise ConfigError(f"{key} is not set. {_MISSING_HINTS[key]}")
+    if not (config.get("ADMIN_PASSWORD") or config.get("ADMIN_PASSWORD_HASH")):
+        raise ConfigError(
+            "ADMIN_PASSWORD is not set. With a real Instagram app the admin pages "
+            "need a password: set ADMIN_PASSWORD, or ADMIN_PASSWORD_HASH to a "
+            "Werkzeug hash of it."
+        )
+
+
+_MISSING_HINTS = {
+    "INSTAGRAM_CLIENT_SECRET": (
+        "Copy the Instagram app secret from the app's Instagram Login settings."
+    ),
+    "SECRET_KEY": (
+        "Set it to a long random value, for example the output of "
+        "`python -c 'import secrets; print(secrets.token_hex(32))'`, and keep it "
+        "the same across restarts and workers."
+    ),
+}
+
+
+def check_url(key: str, url: str) -> None:
+    """Raise ConfigError unless `url` is https, or http on a loopback host."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        return
+    if parts.scheme == "http" and parts.hostname and is_loopback(parts.hostname):
+        return
+    raise ConfigError(
+        f"{key} is {url!r}. Use an https:// URL; plain http:// is accepted only "
+        "for loopback hosts such as 127.0.0.1 or localhost."
+    )
+
+
+def is_loopback(host: str) -> bool:
+    """Tell whether `host` names this machine: localhost, 127.0.0.0/8 or ::1."""
+    host = host.strip("[]").lower()
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _read_integer(
+    environ: Mapping[str, str], key: str, default: int, minimum: int, maximum: int
+) -> int:
+    text = environ.get(key, "").strip()
+    if not text:
+        return default
+    try:
+        value = int(text)
+    except ValueError:
+        raise ConfigError(
+            f"{key} is {text!r}, not a whole number. Set it to a number from "
+            f"{minimum} to {maximum}, or remove it to use {default}."
+        ) from None
+    if not minimum <= value <= maximum:
+        raise ConfigError(
+            f"{key} is {value}. Set it to a number from {minimum} to {maximum}, "
+            f"or remove it to use {default}."
+        )
+    return value
+
+
+def _read_sandbox_switch(environ: Mapping[str, str]) -> bool | None:
+    text = environ.get("OWNFEED_SANDBOX", "").strip()
+    if not text:
+        return None
+    if text in ("1", "0"):
+        return text == "1"
+    raise ConfigError(
+        f"OWNFEED_SANDBOX is {text!r}. Set it to 1 to force the sandbox, 0 to "
+        "forbid it, or remove it to use the sandbox when INSTAGRAM_CLIENT_ID is unset."
+    )
+
+
+def _read_origins(text: str) -> list[str]:
+    origins = [origin.strip().rstrip("/") for origin in text.split(",")]
+    origins = [origin for origin in origins if origin]
+    for origin in origins:
+        parts = urlsplit(origin)
+        valid = origin == "*" or (
+            parts.scheme in ("http", "https") and parts.netloc and not parts.path
+        )
+        if not valid:
+            raise ConfigError(
+                f"IMAGES_ALLOWED_ORIGINS contains {origin!r}. List origins such as "
+                "https://example.com (scheme and host, no path), separated by "
+                "commas, or * for any origin."
+            )
+    return origins
+
+
+def _instance_secret_key(instance_path: Path) -> str:
+    """Return the sandbox's session key, generating `instance/secret_key` once.
+
+    The key is written to a temporary file and linked into place, so a worker
+    that starts at the same moment reads a whole key, never an empty file.
+    """
+    key_file = instance_path / "secret_key"
+    if not key_file.exists():
+        temp_file = instance_path / f".secret_key.{secrets.token_hex(8)}"
+        fd = os.open(temp_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as key_output:
+            key_output.write(secrets.token_hex(32) + "\n")
+        try:
+            os.link(temp_file, key_file)
+        except FileExistsError:
+            pass  # Another worker created it first; every worker uses that one.
+        finally:
+            temp_file.unlink()
+    return key_file.read_text(encoding="utf-8").strip()

@@ -1,0 +1,217 @@
+"""Shared fixtures: apps on temporary instance folders, and live servers on loopback."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+# Keys a developer's shell might set; tests start from none of them. Importing
+# `app` builds the module-level app, so it must not see them either, nor write
+# into the repository's instance folder.
+OWNFEED_KEYS = (
+    "SECRET_KEY",
+    "ADMIN_PASSWORD",
+    "ADMIN_PASSWORD_HASH",
+    "INSTAGRAM_CLIENT_ID",
+    "INSTAGRAM_CLIENT_SECRET",
+    "INSTAGRAM_REDIRECT_URI",
+    "INSTAGRAM_AUTHORIZE_URL",
+    "INSTAGRAM_TOKEN_URL",
+    "INSTAGRAM_GRAPH_URL",
+    "INSTAGRAM_API_VERSION",
+    "OWNFEED_SANDBOX",
+    "OWNFEED_SANDBOX_URL",
+    "OWNFEED_INSTANCE_PATH",
+    "FEED_CACHE_SECONDS",
+    "FEED_MAX_POSTS",
+    "IMAGES_ALLOWED_ORIGINS",
+    "NOTIFY_WEBHOOK_URL",
+    "NOTIFY_WEBHOOK_SECRET",
+    "REFRESH_BEFORE_DAYS",
+    "SANDBOX_TOKEN_RESPONSE",
+    "SANDBOX_POST_COUNT",
+)
+for _key in OWNFEED_KEYS:
+    os.environ.pop(_key, None)
+os.environ["OWNFEED_SANDBOX"] = "1"
+os.environ["OWNFEED_INSTANCE_PATH"] = tempfile.mkdtemp(prefix="ownfeed-import-")
+
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+TEST_PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture
+def make_app(tmp_path: Path):
+    """Return a factory of apps on `tmp_path`, with settings overridden by keywords."""
+    from app import create_app
+
+    def factory(**overrides: Any):
+        config = {
+            "TESTING": True,
+            "INSTANCE_PATH": str(tmp_path / "instance"),
+            "SECRET_KEY": "test-session-key",
+            "OWNFEED_SANDBOX": True,
+        }
+        config.update(overrides)
+        return create_app(config)
+
+    return factory
+
+
+@pytest.fixture
+def app(make_app):
+    """An app in sandbox mode with an admin password."""
+    return make_app(ADMIN_PASSWORD=TEST_PASSWORD)
+
+
+@pytest.fixture
+def client(app):
+    return app.test_client()
+
+
+@pytest.fixture
+def runner(app):
+    return app.test_cli_runner()
+
+
+def free_port() -> int:
+    """Return a TCP port that is free on 127.0.0.1 right now."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@dataclass
+class LiveServer:
+    """A server process on loopback, with its combined output in `log_path`."""
+
+    url: str
+    process: subprocess.Popen
+    log_path: Path
+    instance_path: Path
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(encoding="utf-8", errors="replace")
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+
+
+def start_server(
+    tmp_path: Path, env: dict[str, str], command: str = "flask", name: str = "server"
+) -> LiveServer:
+    """Start ownfeed with `flask run` (or gunicorn) on a free loopback port."""
+    port = free_port()
+    instance_path = tmp_path / f"{name}-instance"
+    log_path = tmp_path / f"{name}.log"
+    server_env = {
+        key: value
+        for key, value in os.environ.items()
+        if key not in OWNFEED_KEYS and not key.startswith("FLASK_")
+    }
+    server_env.update(
+        {"OWNFEED_INSTANCE_PATH": str(instance_path), "PYTHONUNBUFFERED": "1"}
+    )
+    server_env.update(env)
+    if command == "flask":
+        argv = [
+            sys.executable,
+            "-m",
+            "flask",
+            "--app",
+            "app",
+            "run",
+            "--port",
+            str(port),
+        ]
+        argv += ["--host", "127.0.0.1"]
+    else:
+        argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
+        argv += ["--workers", "2", "--threads", "4", "app:app"]
+    log_file = log_path.open("w", encoding="utf-8")
+    process = subprocess.Popen(
+        argv, cwd=ROOT, env=server_env, stdout=log_file, stderr=subprocess.STDOUT
+    )
+    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path, instance_path)
+    _wait_until_up(server)
+    return server
+
+
+def _wait_until_up(server: LiveServer, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.process.poll() is not None:
+            raise RuntimeError(f"The server exited early:\n{server.log_text()}")
+        try:
+            requests.get(server.url + "/admin/login", timeout=1)
+            return
+        except requests.ConnectionError:
+            time.sleep(0.1)
+    server.stop()
+    raise RuntimeError(f"The server did not start in {timeout} s:\n{server.log_text()}")
+
+
+@pytest.fixture
+def live_server_factory(tmp_path: Path) -> Iterator:
+    """Start servers for a test and stop them all at its end."""
+    servers: list[LiveServer] = []
+
+    def factory(env: dict[str, str], **options: str) -> LiveServer:
+        server = start_server(tmp_path, env, **options)
+        servers.append(server)
+        return server
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Headless Debian Chromium driven by Playwright."""
+    from playwright.sync_api import sync_playwright
+
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing. Run `make test`, which installs chromium.")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=CHROMIUM,
+            headless=True,
+            args=[
+                "--no-sandbox",
+                "--disable-gpu",
+                "--disable-background-networking",
+                "--disable-component-update",
+                "--disable-sync",
+                "--no-first-run",
+            ],
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context()
+    yield context.new_page()
+    context.close()

@@ -1,0 +1,269 @@
+"""The JSON-file token store, and the safe-file helpers the other caches reuse.
+
+`instance/tokens.json` holds one record per provider. Every write goes to a
+temporary file in the same folder, is flushed and fsynced, and replaces the old
+file with `os.replace`, so a reader or a crash sees the old file or the new one,
+never a mix. Writers take an exclusive `flock` on a sibling `.lock` file, which
+holds between threads and between processes (gunicorn workers) alike.
+"""
+
+from __future__ import annotations
+
+import copy
+import fcntl
+import json
+import logging
+import os
+import tempfile
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from timeutil import utc_now
+
+logger = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+
+_held_locks = threading.local()
+
+
+class TokenStoreError(Exception):
+    """The token file could not be read or written."""
+
+
+class CorruptTokenFileError(TokenStoreError):
+    """The token file could not be parsed and was moved aside."""
+
+
+class TokenStoreWriteError(TokenStoreError):
+    """The token file could not be replaced; the previous file is unchanged."""
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """Hold an exclusive lock for `path`, across threads and processes.
+
+    The lock lives on `<path>.lock`, because the data file itself is replaced on
+    every write. A thread that already holds the lock may take it again.
+    """
+    lock_path = f"{path}.lock"
+    depth = getattr(_held_locks, "depths", {})
+    _held_locks.depths = depth
+    if depth.get(lock_path):
+        depth[lock_path] += 1
+        try:
+            yield
+        finally:
+            depth[lock_path] -= 1
+        return
+
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as err:
+        raise TokenStoreWriteError(
+            f"Cannot create the lock file {lock_path}: {err.strerror}. "
+            "Make the instance folder writable by the user running ownfeed."
+        ) from err
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        depth[lock_path] = 1
+        try:
+            yield
+        finally:
+            depth[lock_path] = 0
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
+    """Replace `path` with `data` as JSON, atomically and durably.
+
+    Raises TokenStoreWriteError, naming the file and the fix, when the folder is
+    read-only or full; the previous file is then left as it was.
+    """
+    path = Path(path)
+    body = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    temp_name = None
+    try:
+        fd, temp_name = tempfile.mkstemp(
+            dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"
+        )
+        with os.fdopen(fd, "w", encoding="utf-8") as temp_file:
+            os.fchmod(temp_file.fileno(), mode)
+            temp_file.write(body)
+            temp_file.flush()
+            os.fsync(temp_file.fileno())
+        os.replace(temp_name, path)
+        temp_name = None
+        _fsync_folder(path.parent)
+    except OSError as err:
+        raise TokenStoreWriteError(
+            f"Cannot write {path}: {err.strerror}. The previous file was kept. "
+            "Check that the instance folder is writable and the disk is not full."
+        ) from err
+    finally:
+        if temp_name is not None:
+            _remove_quietly(temp_name)
+
+
+def move_aside(path: Path, reason: str) -> Path:
+    """Rename an unreadable file to `<name>.corrupt-<UTC time>`; return the new path."""
+    stamp = utc_now().strftime("%Y%m%dT%H%M%S%fZ")
+    aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+    os.replace(path, aside)
+    logger.error("Moved unreadable %s to %s: %s", path, aside, reason)
+    return aside
+
+
+def _fsync_folder(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _remove_quietly(name: str) -> None:
+    try:
+        os.unlink(name)
+    except FileNotFoundError:
+        pass
+
+
+class TokenStore:
+    """Provider records in one JSON file, as `{"version": 1, "providers": {...}}`.
+
+    Reads are served from memory and the file is parsed again only when its
+    inode, size or modification time changes, so another process's write is seen
+    on the next read. Callers get deep copies and cannot change the cache.
+    """
+
+    def __init__(self, path: Path | str) -> None:
+        self.path = Path(path)
+        self._cached_signature: tuple[int, int, int] | None = None
+        self._cached_document: dict[str, Any] | None = None
+        self._cache_lock = threading.Lock()
+
+    def get(self, provider: str) -> dict[str, Any] | None:
+        """Return a copy of the provider's record, or None when it has none."""
+        record = self._document()["providers"].get(provider)
+        return copy.deepcopy(record)
+
+    def all(self) -> dict[str, dict[str, Any]]:
+        """Return a copy of every provider's record, keyed by provider name."""
+        return copy.deepcopy(self._document()["providers"])
+
+    def set(self, provider: str, record: dict[str, Any]) -> None:
+        """Store the provider's record, replacing any previous one."""
+        with self.transaction() as providers:
+            providers[provider] = copy.deepcopy(record)
+
+    def update(
+        self, provider: str, change: Callable[[dict[str, Any]], None]
+    ) -> dict[str, Any] | None:
+        """Apply `change` to the provider's record under the lock and store it.
+
+        Returns the updated record, or None (and writes nothing) when the provider
+        has no record.
+        """
+        with self.transaction() as providers:
+            record = providers.get(provider)
+            if record is None:
+                return None
+            change(record)
+            return copy.deepcopy(record)
+
+    def delete(self, provider: str) -> bool:
+        """Forget the provider's record; return whether there was one."""
+        with self.transaction() as providers:
+            return providers.pop(provider, None) is not None
+
+    @contextmanager
+    def transaction(self) -> Iterator[dict[str, dict[str, Any]]]:
+        """Yield the providers mapping under the lock and write it back if changed.
+
+        Nothing is written when the block raises.
+        """
+        with file_lock(self.path):
+            document = self._load_from_disk()
+            before = copy.deepcopy(document["providers"])
+            yield document["providers"]
+            if document["providers"] != before:
+                write_json_atomic(self.path, document)
+                self._forget_cache()
+
+    def _document(self) -> dict[str, Any]:
+        signature = self._signature()
+        with self._cache_lock:
+            if signature is not None and signature == self._cached_signature:
+                return self._cached_document
+        document = self._load_from_disk()
+        with self._cache_lock:
+            self._cached_signature = signature
+            self._cached_document = document
+        return document
+
+    def _signature(self) -> tuple[int, int, int] | None:
+        try:
+            status = os.stat(self.path)
+        except FileNotFoundError:
+            return None
+        return (status.st_ino, status.st_size, status.st_mtime_ns)
+
+    def _forget_cache(self) -> None:
+        with self._cache_lock:
+            self._cached_signature = None
+            self._cached_document = None
+
+    def _load_from_disk(self) -> dict[str, Any]:
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return {"version": SCHEMA_VERSION, "providers": {}}
+        except OSError as err:
+            raise TokenStoreError(
+                f"Cannot read {self.path}: {err.strerror}. "
+                "Make it readable by the user running ownfeed."
+            ) from err
+
+        problem = _document_problem(text)
+        if problem is None:
+            return json.loads(text)
+        if problem.startswith("version"):
+            raise TokenStoreError(f"{self.path} has {problem}. Upgrade ownfeed.")
+        with file_lock(self.path):
+            # Another process may have moved or replaced the file since it was read.
+            if self.path.exists() and self.path.read_text(encoding="utf-8") != text:
+                return self._load_from_disk()
+            if not self.path.exists():
+                return {"version": SCHEMA_VERSION, "providers": {}}
+            aside = move_aside(self.path, problem)
+        raise CorruptTokenFileError(
+            f"{self.path} could not be parsed ({problem}) and was moved to {aside}. "
+            "Fix that file and move it back, or connect the account again from "
+            "/admin/generate."
+        )
+
+
+def _document_problem(text: str) -> str | None:
+    """Describe what is wrong with the token file's text, or return None."""
+    try:
+        document = json.loads(text)
+    except ValueError as err:
+        return f"invalid JSON: {err}"
+    if not isinstance(document, dict) or not isinstance(
+        document.get("providers"), dict
+    ):
+        return 'no "providers" object'
+    version = document.get("version")
+    if version != SCHEMA_VERSION:
+        if isinstance(version, int) and version > SCHEMA_VERSION:
+            return (
+                f"version {version}, newer than this ownfeed reads ({SCHEMA_VERSION})"
+            )
+        return f"unknown schema version {version!r}"
+    return None
