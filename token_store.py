@@ -99,7 +99,6 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
             os.fsync(temp_file.fileno())
         os.replace(temp_name, path)
         temp_name = None
-        _fsync_folder(path.parent)
     except OSError as err:
         raise TokenStoreWriteError(
             f"Cannot write {path}: {err.strerror}. The previous file was kept. "
@@ -108,6 +107,12 @@ def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
     finally:
         if temp_name is not None:
             _remove_quietly(temp_name)
+    try:
+        _fsync_folder(path.parent)
+    except OSError as err:
+        # The new file is in place; only its durability across a power cut is
+        # in doubt, which a later write repairs.
+        logger.warning("Cannot fsync the folder of %s: %s", path, err.strerror)
 
 
 def move_aside(path: Path, reason: str) -> Path:
@@ -147,6 +152,7 @@ class TokenStore:
         self._cached_signature: tuple[int, int, int] | None = None
         self._cached_document: dict[str, Any] | None = None
         self._cache_lock = threading.Lock()
+        self._open = threading.local()
 
     def get(self, provider: str) -> dict[str, Any] | None:
         """Return a copy of the provider's record, or None when it has none."""
@@ -188,10 +194,21 @@ class TokenStore:
 
         Nothing is written when the block raises.
         """
+        open_transactions = getattr(self._open, "documents", None)
+        if open_transactions:
+            # A nested transaction shares the outer one's document, which the
+            # outer one writes, so neither overwrites the other's changes.
+            yield open_transactions[-1]["providers"]
+            return
+
         with file_lock(self.path):
             document = self._load_from_disk()
             before = copy.deepcopy(document["providers"])
-            yield document["providers"]
+            self._open.documents = [document]
+            try:
+                yield document["providers"]
+            finally:
+                self._open.documents = []
             if document["providers"] != before:
                 write_json_atomic(self.path, document)
                 self._forget_cache()
@@ -221,7 +238,7 @@ class TokenStore:
 
     def _load_from_disk(self) -> dict[str, Any]:
         try:
-            text = self.path.read_text(encoding="utf-8")
+            text = self.path.read_bytes().decode("utf-8", errors="surrogateescape")
         except FileNotFoundError:
             return {"version": SCHEMA_VERSION, "providers": {}}
         except OSError as err:
@@ -237,11 +254,18 @@ class TokenStore:
             raise TokenStoreError(f"{self.path} has {problem}. Upgrade ownfeed.")
         with file_lock(self.path):
             # Another process may have moved or replaced the file since it was read.
-            if self.path.exists() and self.path.read_text(encoding="utf-8") != text:
+            current = self.path.read_bytes() if self.path.exists() else None
+            if current is not None and current.decode("utf-8", "surrogateescape") != text:
                 return self._load_from_disk()
             if not self.path.exists():
                 return {"version": SCHEMA_VERSION, "providers": {}}
-            aside = move_aside(self.path, problem)
+            try:
+                aside = move_aside(self.path, problem)
+            except OSError as err:
+                raise TokenStoreError(
+                    f"{self.path} could not be parsed ({problem}) and could not be "
+                    f"moved aside: {err.strerror}. Make the instance folder writable."
+                ) from err
         raise CorruptTokenFileError(
             f"{self.path} could not be parsed ({problem}) and was moved to {aside}. "
             "Fix that file and move it back, or connect the account again from "
@@ -252,7 +276,7 @@ class TokenStore:
 def _document_problem(text: str) -> str | None:
     """Describe what is wrong with the token file's text, or return None."""
     try:
-        document = json.loads(text)
+        document = json.loads(text.encode("utf-8", "surrogateescape").decode("utf-8"))
     except ValueError as err:
         return f"invalid JSON: {err}"
     if not isinstance(document, dict) or not isinstance(

@@ -103,6 +103,7 @@ class LiveServer:
     process: subprocess.Popen
     log_path: Path
     instance_path: Path
+    log_file: Any = None
 
     def log_text(self) -> str:
         return self.log_path.read_text(encoding="utf-8", errors="replace")
@@ -115,6 +116,9 @@ class LiveServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(timeout=10)
+        if self.log_file is not None:
+            self.log_file.close()
+            self.log_file = None
 
 
 def start_server(
@@ -152,7 +156,9 @@ def start_server(
     process = subprocess.Popen(
         argv, cwd=ROOT, env=server_env, stdout=log_file, stderr=subprocess.STDOUT
     )
-    server = LiveServer(f"http://127.0.0.1:{port}", process, log_path, instance_path)
+    server = LiveServer(
+        f"http://127.0.0.1:{port}", process, log_path, instance_path, log_file
+    )
     _wait_until_up(server)
     return server
 
