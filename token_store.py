@@ -254,11 +254,11 @@ class TokenStore:
             raise TokenStoreError(f"{self.path} has {problem}. Upgrade ownfeed.")
         with file_lock(self.path):
             # Another process may have moved or replaced the file since it was read.
-            current = self.path.read_bytes() if self.path.exists() else None
-            if current is not None and current.decode("utf-8", "surrogateescape") != text:
-                return self._load_from_disk()
             if not self.path.exists():
                 return {"version": SCHEMA_VERSION, "providers": {}}
+            current = self.path.read_bytes().decode("utf-8", "surrogateescape")
+            if current != text:
+                return self._load_from_disk()
             try:
                 aside = move_aside(self.path, problem)
             except OSError as err:

@@ -6,7 +6,6 @@ import json
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-
 from conftest import TEST_PASSWORD
 
 pytestmark = pytest.mark.browser
@@ -81,7 +80,9 @@ def test_connect_flow_in_browser(live_server_factory, page, shape):
 
 
 def test_deny_in_browser_shows_reason(live_server_factory, page):
-    server = live_server_factory({"OWNFEED_SANDBOX": "1", "ADMIN_PASSWORD": TEST_PASSWORD})
+    server = live_server_factory(
+        {"OWNFEED_SANDBOX": "1", "ADMIN_PASSWORD": TEST_PASSWORD}
+    )
     page.goto(server.url + "/admin/login")
     page.fill("#password", TEST_PASSWORD)
     page.click("button[type=submit]")
