@@ -8,13 +8,16 @@ from pathlib import Path
 from typing import Any
 
 from dotenv import load_dotenv
-from flask import Flask, render_template
+from flask import Flask, render_template, request
 from flask_wtf.csrf import CSRFError
 
+import commands
+import health
 import images
 import oauth
 import sandbox
 import settings
+import tokens
 from auth import SESSION_LIFETIME
 from extensions import csrf
 from logs import configure_logging
@@ -81,11 +84,21 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
 
 
 def register_blueprints(app: Flask) -> None:
-    """Attach the admin pages, and the sandbox when it is on."""
+    """Attach the blueprints (the sandbox only when it is on) and the commands."""
     app.register_blueprint(oauth.bp)
     app.register_blueprint(images.bp)
+    app.register_blueprint(health.bp)
+    app.before_request(_refresh_due_tokens)
     if app.config["OWNFEED_SANDBOX"]:
         app.register_blueprint(sandbox.bp)
+    app.cli.add_command(commands.token_cli)
+    app.cli.add_command(commands.feed_cli)
+
+
+def _refresh_due_tokens() -> None:
+    """Keep tokens alive from visitors' requests, in the background."""
+    if request.blueprint == "images":
+        tokens.refresh_in_background_if_due()
 
 
 def _csrf_failed(error: CSRFError) -> tuple[str, int]:

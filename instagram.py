@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -238,13 +238,24 @@ class InstagramClient:
             next_url = None
         return MediaPage(items, next_url)
 
-    def iter_media(self, access_token: str, max_posts: int) -> list[dict[str, Any]]:
-        """Return up to `max_posts` of the newest media, following `next` pages."""
+    def iter_media(
+        self,
+        access_token: str,
+        max_posts: int,
+        on_page: Callable[[int], None] | None = None,
+    ) -> list[dict[str, Any]]:
+        """Return up to `max_posts` of the newest media, following `next` pages.
+
+        `on_page`, when given, is called after each page with the number of
+        items that page added (for a progress bar).
+        """
         items: list[dict[str, Any]] = []
         url: str | None = None
         while len(items) < max_posts:
             page = self.get_media_page(access_token, limit=PAGE_SIZE, url=url)
             items.extend(page.items)
+            if on_page is not None:
+                on_page(len(page.items))
             # An empty page or a repeated URL would otherwise loop forever.
             if page.next_url is None or not page.items or page.next_url == url:
                 break

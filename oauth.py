@@ -14,6 +14,7 @@ import hashlib
 import json
 import logging
 import secrets
+import threading
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit
 from flask import (
     Blueprint,
     abort,
+    current_app,
     redirect,
     render_template,
     request,
@@ -31,6 +33,9 @@ from flask import (
 from werkzeug.wrappers import Response
 
 import auth
+import health
+import provider_feeds
+import tokens
 from instagram import InstagramError
 from providers import PROVIDERS, Provider
 from services import instance_file, now, token_store
@@ -163,8 +168,15 @@ def keep_codes_private(response: Response) -> Response:
 
 @bp.app_context_processor
 def admin_template_values() -> dict[str, Any]:
-    """Give every template the password warning and the provider names."""
-    return {"admin_is_open": not auth.password_required(), "providers": PROVIDERS}
+    """Give every template the password warning, and admin pages their banners."""
+    values: dict[str, Any] = {
+        "admin_is_open": not auth.password_required(),
+        "providers": PROVIDERS,
+        "banners": [],
+    }
+    if request.blueprint == "admin" and auth.is_admin():
+        values["banners"] = health.all_problems()
+    return values
 
 
 def _safe_next(target: str | None) -> str:
@@ -278,13 +290,33 @@ def callback(provider: str) -> Response:
 
     try:
         record = chosen.connect(code, pending.redirect_uri, pending.code_verifier)
-        token_store().set(chosen.name, record)
+        tokens.store_new_connection(chosen.name, record)
     except (InstagramError, TokenStoreError) as err:
         return _fail(chosen, str(err))
 
     logger.info("Connected %s account %s", chosen.name, record.get("username"))
     _record_attempt(chosen, True, f"Connected @{record.get('username')}.")
+    _fetch_feed_in_background(chosen.name)
     return redirect(url_for("admin.summary"), code=303)
+
+
+def _fetch_feed_in_background(provider: str) -> None:
+    """Fetch the new account's feed at once, whatever the backoff of the old one."""
+    feed = provider_feeds.feed_for(provider)
+    if feed is None:
+        return
+    cache, fetch = feed
+    app = current_app._get_current_object()
+
+    def run() -> None:
+        try:
+            with app.app_context():
+                cache.refresh_now(fetch)
+        except Exception:
+            # The thread has no caller; visitors' requests fetch again later.
+            logger.exception("Fetching the %s feed after connecting failed", provider)
+
+    threading.Thread(target=run, name=f"feed-{provider}", daemon=True).start()
 
 
 def _consume_quietly(provider: Provider, state: str) -> None:
@@ -320,7 +352,37 @@ def summary() -> str:
         "summary.html",
         last_attempt=session.get("last_attempt"),
         connections=_connections(),
+        feed_views=provider_feeds.feed_views(),
     )
+
+
+@bp.post("/refresh/<provider>")
+def refresh(provider: str) -> Response:
+    """Refresh the provider's token now, if the provider allows it yet."""
+    chosen = _provider_or_404(provider)
+    result = tokens.refresh_token(chosen.name, "admin", force=True)
+    _record_attempt(
+        chosen, not result.failed and result.outcome != "too_young", result.message
+    )
+    return redirect(url_for("admin.summary"), code=303)
+
+
+@bp.post("/feed/<provider>/refresh")
+def refresh_feed(provider: str) -> Response:
+    """Fetch the provider's feed now and show the outcome."""
+    chosen = _provider_or_404(provider)
+    feed = provider_feeds.feed_for(chosen.name)
+    if feed is None:
+        abort(404)
+    cache, fetch = feed
+    snapshot = cache.refresh_now(fetch)
+    if snapshot.failed_at is not None and snapshot.last_error:
+        message = f"Fetching the feed failed: {snapshot.last_error['message']}"
+        _record_attempt(chosen, False, message)
+    else:
+        count = len(snapshot.posts or [])
+        _record_attempt(chosen, True, f"Fetched the feed: {count} posts kept.")
+    return redirect(url_for("admin.summary"), code=303)
 
 
 @bp.post("/disconnect/<provider>")
@@ -356,6 +418,7 @@ def _connections() -> list[dict[str, Any]]:
                 refreshed_at=parse_iso(record.get("refreshed_at")),
                 obtained_at=parse_iso(record.get("obtained_at")),
                 last_error=record.get("last_error"),
+                refresh_attempts=record.get("refresh_attempts") or [],
             )
         connections.append(view)
     return connections

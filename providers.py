@@ -7,14 +7,17 @@ the record to keep in the token store.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from flask import current_app, url_for
 
-from instagram import LongLivedToken
+from instagram import InstagramError, LongLivedToken, TokenInvalidError
 from services import instagram_client, now
 from timeutil import to_iso
+
+logger = logging.getLogger(__name__)
 
 
 class Provider(Protocol):
@@ -39,6 +42,9 @@ class Provider(Protocol):
         self, code: str, redirect_uri: str, code_verifier: str | None
     ) -> dict[str, Any]:
         """Exchange the code and return the token record to store."""
+
+    def refresh(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Refresh the record's token; return the fields that change."""
 
 
 class InstagramProvider:
@@ -80,6 +86,40 @@ class InstagramProvider:
         return instagram_token_record(
             long_lived, profile, short_lived.permissions, now()
         )
+
+    def refresh(self, record: dict[str, Any]) -> dict[str, Any]:
+        """Trade the long-lived token for a new one lasting 60 days from now."""
+        token = instagram_client().refresh(record["access_token"])
+        refreshed_at = now()
+        return {
+            "access_token": token.access_token,
+            "token_type": token.token_type.lower(),
+            "expires_at": to_iso(refreshed_at + timedelta(seconds=token.expires_in)),
+            "refreshed_at": to_iso(refreshed_at),
+        }
+
+    def import_token(self, access_token: str) -> dict[str, Any]:
+        """Check a token made elsewhere (the App Dashboard) and build its record.
+
+        The profile call proves the token works. A refresh then learns its expiry;
+        when Instagram does not allow one yet (a token under 24 hours old), the
+        expiry is recorded as unknown and the token is due from 24 hours on.
+        Raises InstagramError when the token does not work.
+        """
+        client = instagram_client()
+        profile = client.get_profile(access_token)
+        obtained_at = now()
+        record = instagram_token_record(
+            LongLivedToken(access_token, "bearer", 0), profile, [], obtained_at
+        )
+        record["expires_at"] = None
+        try:
+            record.update(self.refresh(record))
+        except TokenInvalidError:
+            raise
+        except InstagramError as err:
+            logger.warning("Imported token not refreshed yet, expiry unknown: %s", err)
+        return record
 
 
 def instagram_token_record(

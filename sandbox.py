@@ -124,7 +124,11 @@ def control() -> Response:
     """Apply one control panel action, then go back to the panel."""
     action = request.form.get("action", "")
     if action not in state.ACTIONS:
-        abort(400, description=f"Unknown sandbox action {action!r}.")
+        logger.info("Sandbox control action %r rejected", action)
+        abort(
+            400,
+            description=f"Invalid sandbox action {action!r}: use a panel button.",
+        )
     state.apply_action(action, state.now())
     logger.info("Sandbox control action %s applied", action)
     return redirect(url_for("sandbox.index"), 303)
@@ -141,6 +145,7 @@ def authorize() -> Any:
 
     problem = _authorize_problem(client_id, redirect_uri, source)
     if problem:
+        logger.info("Sandbox authorize request rejected: %s", problem)
         return render_template("sandbox/error.html", message=problem), 400
     scopes = [name for name in re.split(r"[,\s]+", scope) if name]
 
@@ -165,8 +170,8 @@ def authorize() -> Any:
         return redirect(_with_query(redirect_uri, params, oauth_state), 303)
 
     code = state.issue_code(client_id, redirect_uri, scopes, state.now())
-    logger.info("Sandbox authorization allowed; code issued")
-    # Instagram appends "#_" to the redirect; it is not part of the code.
+    logger.info("Sandbox authorization allowed, so a code was issued")
+    # Instagram appends "#_" to the redirect, and it is not part of the code.
     return redirect(_with_query(redirect_uri, {"code": code}, oauth_state) + "#_", 303)
 
 
@@ -273,6 +278,7 @@ def cdn_image(media_id: str) -> Response:
     else:
         record = data.find_media(state.post_count(), media_id)
         if record is None:
+            logger.info("Sandbox CDN has no image for media %s", media_id)
             return Response("Not found", 404, content_type="text/plain")
 
     label, note = data.image_text(record)
@@ -299,4 +305,9 @@ def cdn_video(media_id: str) -> Response:
 def _check_cdn_request(media_id: str, extension: str) -> datetime | None:
     oh = request.args.get("oh", "")
     oe = request.args.get("oe", "")
-    return state.check_cdn_signature(media_id, extension, oh, oe, state.now())
+    expires_at = state.check_cdn_signature(media_id, extension, oh, oe, state.now())
+    if expires_at is None:
+        logger.info(
+            "Sandbox CDN URL for %s.%s is expired or forged", media_id, extension
+        )
+    return expires_at

@@ -58,7 +58,7 @@ _FEATURED: list[tuple[str, str | None, tuple[str, ...], bool]] = [
     ("IMAGE", "Line one\nLine two & <b>not bold</b>\n\n#weekend", (), False),
 ]
 
-# Captions for the other posts, cycled; "{n}" becomes the post number.
+# Captions for the other posts, used in turn. "{n}" becomes the post number.
 _CAPTIONS: list[str | None] = [
     "Cafés of Porto, part {n} ☕ #cafe",
     "Trail run number {n} 🏃‍♀️ #running",
@@ -136,7 +136,7 @@ def _make_post(index: int, count: int, moment: datetime) -> dict[str, Any]:
         "username": USERNAME,
         "like_count": (number * 37) % 500,
         "comments_count": (number * 11) % 40,
-        "shape": "portrait" if media_type == "VIDEO" else _shape(number),
+        "shape": "portrait" if media_type == "VIDEO" else _shape(post_id),
         "media_url_withheld": withheld,
         "children": [],
     }
@@ -160,14 +160,15 @@ def _make_child(post: dict[str, Any], position: int, media_type: str) -> dict[st
         "timestamp": post["timestamp"],
         "shortcode": _shortcode(child_id),
         "username": USERNAME,
-        "shape": _shape(post["number"] + position),
+        "shape": _shape(child_id),
         "media_url_withheld": False,
         "children": [],
     }
 
 
-def _shape(number: int) -> str:
-    return ("square", "portrait", "landscape")[number % 3]
+def _shape(media_id: str) -> str:
+    digest = hashlib.sha256(media_id.encode()).digest()
+    return ("square", "portrait", "landscape")[digest[0] % 3]
 
 
 def _shortcode(media_id: str) -> str:
@@ -179,7 +180,7 @@ def _shortcode(media_id: str) -> str:
 
 
 def image_size(record: dict[str, Any] | None) -> tuple[int, int]:
-    """Return the pixel size of the image served for a record (None: the avatar)."""
+    """Return the pixel size of a record's image (None: the profile picture)."""
     if record is None:
         return (320, 320)
     return SHAPES[record["shape"]]
@@ -229,7 +230,7 @@ def _rgb(hue: float, saturation: float, value: float) -> tuple[int, int, int]:
 
 
 def image_text(record: dict[str, Any] | None) -> tuple[str, str]:
-    """Return the label and note drawn on a record's image (None: the avatar)."""
+    """Return the label and note drawn on an image (None: the profile picture)."""
     if record is None:
         return ("S", f"@{USERNAME}")
     label = f"#{record['number']}"

@@ -37,7 +37,7 @@ Fields = list[tuple[str, "Fields | None"]]
 
 
 class FieldsError(ValueError):
-    """The `fields` parameter is malformed or names a field the node lacks."""
+    """A `fields` parameter that is malformed or names a field the node lacks."""
 
 
 def parse_fields(text: str | None) -> Fields:
@@ -194,7 +194,7 @@ def encode_cursor(media_id: str) -> str:
 
 
 def decode_cursor(cursor: str) -> str | None:
-    """Return the media id inside a cursor, or None when it is not one of ours."""
+    """Return the media id inside a cursor, or None when the sandbox did not make it."""
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
     except (binascii.Error, ValueError):

@@ -63,7 +63,7 @@ class GraphError(Exception):
 
 
 class Outage(Exception):
-    """The outage switch is on, so the request gets a 503 HTML page."""
+    """A simulated outage, which the blueprint turns into a 503 HTML page."""
 
 
 def json_response(
@@ -96,6 +96,11 @@ def _graph_error(error: GraphError) -> Response:
     return json_response({"error": body}, error.status, headers)
 
 
+@bp.errorhandler(FieldsError)
+def _fields_error(error: FieldsError) -> Response:
+    return _graph_error(GraphError(str(error), 100))
+
+
 # Tokens ---------------------------------------------------------------------------
 
 
@@ -104,12 +109,12 @@ def exchange_long_lived() -> Response:
     """Exchange a short-lived token for a long-lived one (grant ig_exchange_token)."""
     token = _check_graph_request()
     if request.args.get("grant_type") != "ig_exchange_token":
-        raise GraphError("Unsupported grant_type: expected ig_exchange_token", 100)
+        raise GraphError("Invalid grant_type: send grant_type=ig_exchange_token.", 100)
     secret = request.args.get("client_secret", "")
     if not hmac.compare_digest(secret, state.client_secret()):
         raise GraphError("Error validating client secret.", 101)
-    # NOTE: Instagram's answer to exchanging a long-lived token is not documented;
-    # this message is the sandbox's own.
+    # NOTE: Instagram's response to exchanging a long-lived token is not
+    # documented, so this message is the sandbox's own.
     if token["k"] != "short":
         raise GraphError(
             "Unsupported request: this token is already long-lived. Refresh it "
@@ -124,15 +129,15 @@ def refresh_long_lived() -> Response:
     """Refresh a long-lived token that is at least 24 hours old (ig_refresh_token)."""
     token = _check_graph_request()
     if request.args.get("grant_type") != "ig_refresh_token":
-        raise GraphError("Unsupported grant_type: expected ig_refresh_token", 100)
+        raise GraphError("Invalid grant_type: send grant_type=ig_refresh_token.", 100)
     if state.read()["switches"]["refresh_fails"]:
         raise GraphError(
             "An unexpected error has occurred. Please retry your request later.",
             2,
             status=500,
         )
-    # NOTE: the wording of these two refusals is the sandbox's own; Instagram
-    # documents the rules but not the messages.
+    # NOTE: Instagram documents these two rules but not their messages, so the
+    # wording is the sandbox's own.
     if token["k"] != "long":
         raise GraphError(
             "Unsupported request: only long-lived tokens can be refreshed. "
@@ -167,7 +172,7 @@ def _long_lived_response() -> Response:
 def get_node(version: str, node_id: str) -> Response:
     """Return the profile (for /me or the user's ids) or one media object."""
     _check_graph_request(version)
-    fields = _request_fields()
+    fields = parse_fields(request.args.get("fields"))
     if node_id in USER_NODES:
         check_fields(fields, PROFILE_FIELDS, "IGUser")
         profile = render_profile(fields, state.post_count(), state.cdn_url)
@@ -182,7 +187,7 @@ def get_node(version: str, node_id: str) -> Response:
 def get_edge(version: str, node_id: str, edge: str) -> Response:
     """Return the user's media page, or an album's children."""
     _check_graph_request(version)
-    fields = _request_fields()
+    fields = parse_fields(request.args.get("fields"))
     if node_id in USER_NODES and edge == "media":
         check_fields(fields, MEDIA_FIELDS, "IGMedia")
         return json_response(_media_page(version, fields))
@@ -200,14 +205,17 @@ def _media_page(version: str, fields: Fields) -> dict[str, Any]:
     """Slice the posts for one page and build Graph's `paging` object."""
     posts = data.all_posts(state.post_count())
     limit = _request_limit()
-    start = 0
     after = request.args.get("after")
     before = request.args.get("before")
     if after:
         start = _cursor_position(after, posts, "after") + 1
+        end = start + limit
     elif before:
-        start = max(_cursor_position(before, posts, "before") - limit, 0)
-    page = posts[start : start + limit]
+        end = _cursor_position(before, posts, "before")
+        start = max(end - limit, 0)
+    else:
+        start, end = 0, limit
+    page = posts[start:end]
 
     body: dict[str, Any] = {
         "data": [render_media(post, fields, state.cdn_url) for post in page]
@@ -219,7 +227,7 @@ def _media_page(version: str, fields: Fields) -> dict[str, Any]:
         "after": encode_cursor(page[-1]["id"]),
     }
     body["paging"] = {"cursors": cursors}
-    if start + limit < len(posts):
+    if end < len(posts):
         body["paging"]["next"] = _page_url(version, limit, after=cursors["after"])
     if start > 0:
         body["paging"]["previous"] = _page_url(version, limit, before=cursors["before"])
@@ -257,15 +265,8 @@ def _request_limit() -> int:
         return 25
     if not text.isdigit() or int(text) < 1:
         raise GraphError("(#100) The parameter limit must be a positive integer.", 100)
-    # NOTE: Instagram documents no maximum page size; the sandbox caps at 100.
+    # NOTE: Instagram documents no maximum page size, so the cap of 100 is a guess.
     return min(int(text), 100)
-
-
-def _request_fields() -> Fields:
-    try:
-        return parse_fields(request.args.get("fields"))
-    except FieldsError as err:
-        raise GraphError(str(err), 100) from err
 
 
 def _find_media(media_id: str) -> dict[str, Any]:
@@ -282,7 +283,10 @@ def _find_media(media_id: str) -> dict[str, Any]:
 
 
 def _check_graph_request(version: str | None = None) -> dict[str, Any]:
-    """Apply the outage, token and rate limit checks; return the token's payload."""
+    """Apply the outage, version, token and rate limit checks in Instagram's order.
+
+    Returns the token's payload.
+    """
     current = state.read()
     if current["switches"]["outage"]:
         raise Outage()

@@ -14,7 +14,6 @@ import binascii
 import hashlib
 import hmac
 import json
-import logging
 import re
 import secrets
 from collections.abc import Callable
@@ -26,8 +25,6 @@ from flask import current_app, url_for
 
 from timeutil import to_iso, utc_now
 from token_store import file_lock, move_aside, write_json_atomic
-
-logger = logging.getLogger(__name__)
 
 CLIENT_ID = "1000000000000001"
 STATE_FILE = "sandbox-state.json"
@@ -61,11 +58,11 @@ SWITCH_ACTIONS = {
 
 
 class CodeNotFound(Exception):
-    """The code is unknown, expired, for another app, or already used."""
+    """A code that is unknown, expired, for another app, or already used."""
 
 
 class RedirectMismatch(Exception):
-    """The code was issued for a different redirect_uri."""
+    """A code issued for a different redirect_uri."""
 
 
 def now() -> datetime:
@@ -133,15 +130,16 @@ def _update(change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
 
 def _load(path: Path) -> dict[str, Any]:
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return _default_state()
     try:
-        stored = json.loads(text)
+        stored = json.loads(raw.decode("utf-8"))
         if not isinstance(stored, dict):
             raise ValueError("the top level is not an object")
     except ValueError as err:
-        # Sandbox state is disposable: keep the bad file for inspection, start afresh.
+        # Sandbox state is disposable, so the bad file is kept for inspection and
+        # the state starts afresh.
         move_aside(path, str(err))
         return _default_state()
     current = _default_state()
@@ -228,7 +226,7 @@ def _timestamp(moment: datetime) -> int:
 
 
 def issue_token(kind: str, moment: datetime, lifetime: int) -> str:
-    """Return a new signed token of `kind` ("short" or "long") lasting `lifetime` s."""
+    """Return a signed token of `kind` ("short" or "long") valid for `lifetime` s."""
     issued_at = _timestamp(moment)
     payload = {
         "k": kind,

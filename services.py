@@ -32,6 +32,9 @@ class Services:
     clock: Callable[[], datetime]
     clients: dict[Endpoints, InstagramClient] = field(default_factory=dict)
     feeds: dict[str, Any] = field(default_factory=dict)
+    # The loopback URL of this server's sandbox, learnt from the last request,
+    # for background threads that have no request of their own.
+    sandbox_url: str | None = None
     clients_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -101,9 +104,11 @@ def _sandbox_server_url() -> str:
     configured = current_app.config.get("OWNFEED_SANDBOX_URL")
     if configured:
         return configured.rstrip("/")
+    app_services = services()
     if not has_request_context():
-        return DEFAULT_LOCAL_URL
+        return app_services.sandbox_url or DEFAULT_LOCAL_URL
     # The port the server accepted this request on, never the Host header, which
     # the client chooses.
     port = request.environ.get("SERVER_PORT", "5000")
-    return f"http://127.0.0.1:{port}"
+    app_services.sandbox_url = f"http://127.0.0.1:{port}"
+    return app_services.sandbox_url

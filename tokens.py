@@ -1,34 +1,292 @@
-"""Token lifecycle: what happens to a stored token when a provider rejects it."""
+"""Token lifecycle: refresh before expiry, and alert the owner when only they can act.
+
+One code path, `refresh_token`, serves the three triggers: a background refresh
+started by visitors' requests, `flask token refresh` from cron, and the admin's
+Refresh button. It runs under the token store's lock, so two workers never
+refresh the same token, and a failure never replaces the working token.
+"""
 
 from __future__ import annotations
 
 import logging
+import threading
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any
 
-from instagram import TokenInvalidError
-from services import now, token_store
-from timeutil import to_iso
+from flask import current_app, has_request_context
+
+import notify
+from instagram import InstagramError, TokenInvalidError
+from providers import PROVIDERS
+from services import instagram_endpoints, now, token_store
+from timeutil import parse_iso, to_iso
+from token_store import TokenStoreError
 
 logger = logging.getLogger(__name__)
 
+# Instagram refuses to refresh a token younger than this.
+MIN_TOKEN_AGE = timedelta(hours=24)
+# Background refreshes start at most this often, doubled after each failure.
+BACKGROUND_INTERVAL = timedelta(minutes=10)
+MAX_BACKGROUND_BACKOFF = timedelta(hours=6)
+# A token that expires within this many days needs the owner's attention.
+ATTENTION_DAYS = 7
+HISTORY_SIZE = 10
+
+_background_lock = threading.Lock()
+
+
+@dataclass(frozen=True)
+class RefreshResult:
+    """What one refresh attempt did, for a command's exit code or the admin page."""
+
+    provider: str
+    outcome: str
+    message: str
+
+    @property
+    def failed(self) -> bool:
+        return self.outcome in ("failed", "reauthorization_required", "not_connected")
+
+
+# --- policy ---------------------------------------------------------------
+
+
+def age_start(record: dict[str, Any]) -> datetime | None:
+    """Return when the current token was issued: its last refresh, else its grant."""
+    return parse_iso(record.get("refreshed_at")) or parse_iso(record.get("obtained_at"))
+
+
+def refresh_allowed_at(record: dict[str, Any]) -> datetime | None:
+    """Return the first moment the provider accepts a refresh of this token."""
+    start = age_start(record)
+    return start + MIN_TOKEN_AGE if start else None
+
+
+def is_due(record: dict[str, Any], moment: datetime, before_days: int) -> bool:
+    """Tell whether the token should be refreshed now.
+
+    It is due once it is at least 24 hours old and expires within
+    `before_days`, or when its expiry is unknown.
+    """
+    if record.get("status") != "active":
+        return False
+    allowed_at = refresh_allowed_at(record)
+    if allowed_at is None or moment < allowed_at:
+        return False
+    expires_at = parse_iso(record.get("expires_at"))
+    return expires_at is None or expires_at - moment <= timedelta(days=before_days)
+
+
+def background_wait(record: dict[str, Any]) -> timedelta:
+    """Return the pause between background attempts after this many failures."""
+    failures = min(int(record.get("refresh_failures") or 0), 10)
+    return min(BACKGROUND_INTERVAL * 2**failures, MAX_BACKGROUND_BACKOFF)
+
+
+# --- refreshing -----------------------------------------------------------
+
+
+def refresh_token(provider: str, trigger: str, force: bool = False) -> RefreshResult:
+    """Refresh the provider's token if it is due (or `force`), under the store's lock.
+
+    `trigger` is "background", "command" or "admin"; background attempts also
+    wait BACKGROUND_INTERVAL (with backoff) between tries across all workers.
+    """
+    events: list[tuple[str, str]] = []
+    try:
+        with token_store().transaction() as providers:
+            record = providers.get(provider)
+            result = _refresh_locked(provider, record, trigger, force, events)
+    except TokenStoreError as err:
+        logger.error("Cannot save the %s refresh: %s", provider, err)
+        result = RefreshResult(provider, "failed", str(err))
+    for event, reason in events:
+        notify.send_event(event, provider, reason)
+    return result
+
+
+def _refresh_locked(
+    provider: str,
+    record: dict[str, Any] | None,
+    trigger: str,
+    force: bool,
+    events: list[tuple[str, str]],
+) -> RefreshResult:
+    moment = now()
+    if record is None:
+        return RefreshResult(provider, "not_connected", f"{provider} is not connected.")
+    if record.get("status") == "reauthorization_required":
+        message = (record.get("last_error") or {}).get("message", "")
+        return RefreshResult(provider, "reauthorization_required", message)
+
+    allowed_at = refresh_allowed_at(record)
+    if allowed_at is not None and moment < allowed_at:
+        message = (
+            f"The token is less than 24 hours old, so {provider} does not refresh it "
+            f"yet. It can be refreshed from {allowed_at:%Y-%m-%d %H:%M} UTC."
+        )
+        return RefreshResult(provider, "too_young", message)
+    before_days = current_app.config["REFRESH_BEFORE_DAYS"]
+    if not force and not is_due(record, moment, before_days):
+        return RefreshResult(provider, "not_due", "The token is not due for refresh.")
+    if trigger == "background":
+        last_try = parse_iso(record.get("refresh_attempted_at"))
+        if last_try is not None and moment - last_try < background_wait(record):
+            return RefreshResult(provider, "skipped", "A refresh was tried recently.")
+
+    record["refresh_attempted_at"] = to_iso(moment)
+    try:
+        changes = PROVIDERS[provider].refresh(record)
+    except TokenInvalidError as err:
+        _record_rejection(provider, record, err, events)
+        _remember_attempt(record, moment, trigger, "reauthorization_required", str(err))
+        return RefreshResult(provider, "reauthorization_required", err.owner_message)
+    except InstagramError as err:
+        _record_failure(provider, record, err, moment, events)
+        _remember_attempt(record, moment, trigger, "failed", str(err))
+        return RefreshResult(provider, "failed", str(err))
+
+    recovered = bool(record.get("refresh_failures"))
+    record.update(changes)
+    record.update(status="active", last_error=None, refresh_failures=0)
+    if recovered:
+        events.append(("recovered", "The token was refreshed again."))
+    _remember_attempt(record, moment, trigger, "refreshed", "Refreshed.")
+    logger.info(
+        "Refreshed the %s token (%s); expires %s",
+        provider,
+        trigger,
+        record.get("expires_at"),
+    )
+    return RefreshResult(
+        provider, "refreshed", f"Refreshed; expires {record['expires_at']}."
+    )
+
+
+def _record_failure(
+    provider: str,
+    record: dict[str, Any],
+    err: InstagramError,
+    moment: datetime,
+    events: list[tuple[str, str]],
+) -> None:
+    """Keep the working token and count the failure, announcing the first one."""
+    record["refresh_failures"] = int(record.get("refresh_failures") or 0) + 1
+    record["last_error"] = {
+        "at": to_iso(moment),
+        "code": _error_code(err),
+        "message": str(err),
+    }
+    logger.warning(
+        "Refreshing the %s token failed (%d in a row); the current token is kept: %s",
+        provider,
+        record["refresh_failures"],
+        err,
+    )
+    if record["refresh_failures"] == 1:
+        events.append(("refresh_failing", str(err)))
+
+
+def _record_rejection(
+    provider: str,
+    record: dict[str, Any],
+    err: TokenInvalidError,
+    events: list[tuple[str, str]],
+) -> None:
+    """Mark the token as needing a new login; log and announce only the change."""
+    changed = record.get("status") != "reauthorization_required"
+    record["status"] = "reauthorization_required"
+    record["last_error"] = {
+        "at": to_iso(now()),
+        "code": _error_code(err),
+        "message": err.owner_message,
+    }
+    if changed:
+        logger.error("The %s token was rejected: %s", provider, err.owner_message)
+        events.append(("reauthorization_required", err.owner_message))
+
 
 def record_token_rejected(provider: str, err: TokenInvalidError) -> None:
-    """Mark the provider's token as needing a new login, keeping the token itself.
+    """Mark the provider's token as needing a new login after any rejected call."""
+    events: list[tuple[str, str]] = []
+    token_store().update(
+        provider, lambda record: _record_rejection(provider, record, err, events)
+    )
+    for event, reason in events:
+        notify.send_event(event, provider, reason)
 
-    Logs one ERROR when the status changes, not on every rejected call.
+
+def store_new_connection(provider: str, record: dict[str, Any]) -> None:
+    """Store a newly connected token, announcing recovery from a previous problem."""
+    with token_store().transaction() as providers:
+        previous = providers.get(provider) or {}
+        providers[provider] = record
+    if previous.get("status") == "reauthorization_required" or previous.get(
+        "refresh_failures"
+    ):
+        notify.send_event("recovered", provider, "The account was connected again.")
+
+
+def _remember_attempt(
+    record: dict[str, Any], moment: datetime, trigger: str, outcome: str, message: str
+) -> None:
+    attempts = list(record.get("refresh_attempts") or [])
+    attempts.insert(
+        0,
+        {
+            "at": to_iso(moment),
+            "trigger": trigger,
+            "outcome": outcome,
+            "message": message,
+        },
+    )
+    record["refresh_attempts"] = attempts[:HISTORY_SIZE]
+
+
+def _error_code(err: InstagramError) -> str:
+    if err.code is None:
+        return type(err).__name__
+    return f"{err.code}/{err.subcode}" if err.subcode else str(err.code)
+
+
+# --- the background trigger -----------------------------------------------
+
+
+def refresh_in_background_if_due() -> None:
+    """Start a background refresh of each connected token that is due.
+
+    Called on public requests, so it only reads the cached token file; the
+    refresh itself checks again under the lock.
     """
-    changed = False
+    moment = now()
+    before_days = current_app.config["REFRESH_BEFORE_DAYS"]
+    for provider, record in token_store().all().items():
+        if provider not in PROVIDERS or not is_due(record, moment, before_days):
+            continue
+        last_try = parse_iso(record.get("refresh_attempted_at"))
+        if last_try is not None and moment - last_try < background_wait(record):
+            continue
+        _start_background_refresh(provider)
 
-    def mark(record: dict[str, Any]) -> None:
-        nonlocal changed
-        changed = record.get("status") != "reauthorization_required"
-        record["status"] = "reauthorization_required"
-        record["last_error"] = {
-            "at": to_iso(now()),
-            "code": f"190/{err.subcode}" if err.subcode else "190",
-            "message": err.owner_message,
-        }
 
-    token_store().update(provider, mark)
-    if changed:
-        logger.error("%s token rejected: %s", provider, err.owner_message)
+def _start_background_refresh(provider: str) -> None:
+    app = current_app._get_current_object()
+    if has_request_context():
+        # Learn the sandbox's loopback address from this request for the thread.
+        instagram_endpoints()
+    if not _background_lock.acquire(blocking=False):
+        return
+
+    def run() -> None:
+        try:
+            with app.app_context():
+                refresh_token(provider, "background")
+        except Exception:
+            # The thread has no caller: log, and the next request tries again later.
+            logger.exception("Background refresh of %s failed", provider)
+        finally:
+            _background_lock.release()
+
+    threading.Thread(target=run, name=f"refresh-{provider}", daemon=True).start()

@@ -5,13 +5,16 @@ from __future__ import annotations
 import io
 import json
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 from flask import Blueprint, Flask
 from PIL import Image
+from werkzeug.serving import make_server
 
 import sandbox
 from extensions import csrf
@@ -53,8 +56,10 @@ def make_app(instance_path: Path, clock: Clock, **config: object) -> Flask:
     )
     app.config.update(config)
     csrf.init_app(app)
-    admin = Blueprint("admin", __name__)
-    admin.add_url_rule("/admin/generate", "generate", lambda: "admin")
+    # base.html links to these admin pages.
+    admin = Blueprint("admin", __name__, url_prefix="/admin")
+    for name in ("generate", "summary", "logout"):
+        admin.add_url_rule(f"/{name}", name, lambda: "admin stub")
     app.register_blueprint(admin)
     app.register_blueprint(sandbox.bp)
     app.extensions["ownfeed_clock"] = clock
@@ -301,11 +306,14 @@ def test_exchange_documented_shape(tmp_path, clock):
             "Error validating verification code. Please make sure your redirect_uri "
             "is identical to the one you used in the OAuth dialog request",
         ),
-        ({"code": "AQnot-a-real-code"}, "Matching code was not found or was already used"),
+        (
+            {"code": "AQnot-a-real-code"},
+            "Matching code was not found or was already used",
+        ),
     ],
 )
 def test_exchange_error_messages(client, overrides, message):
-    response = exchange(client, get_code(client), **overrides)
+    response = exchange(client, **{"code": get_code(client), **overrides})
     assert response.status_code == 400
     assert response.get_json() == {
         "error_type": "OAuthException",
@@ -330,7 +338,7 @@ def test_exchange_code_single_use(client):
     assert second.get_json()["error_message"] == expected
 
 
-def test_exchange_redirect_mismatch_leaves_code_unused(client):
+def test_exchange_mismatch_leaves_code_unused(client):
     code = get_code(client)
     exchange(client, code, redirect_uri=REDIRECT_URI + "?x=1")
     assert exchange(client, code).status_code == 200
@@ -411,7 +419,7 @@ def test_refresh_after_a_day_returns_new_token(client, clock):
     assert get_me(client, body["access_token"]).status_code == 200
 
 
-def test_refreshed_token_lasts_sixty_days_from_refresh(client, clock):
+def test_refresh_new_token_lasts_sixty_days(client, clock):
     token = long_token(client)
     clock.advance(days=30)
     new_token = refresh(client, token).get_json()["access_token"]
@@ -538,6 +546,15 @@ def test_media_limit_100_pages_until_no_next(client):
     assert "previous" in second["paging"]
 
 
+def test_media_previous_link_returns_earlier_page(client):
+    query = {"access_token": short_token(client), "limit": "10"}
+    first = client.get(f"{GRAPH}/v25.0/me/media", query_string=query).get_json()
+    second = client.get(first["paging"]["next"]).get_json()
+    back = client.get(second["paging"]["previous"]).get_json()
+    assert "previous" not in first["paging"]
+    assert back["data"] == first["data"]
+
+
 def test_media_limit_capped_at_100(client):
     query = {"access_token": short_token(client), "limit": "500"}
     body = client.get(f"{GRAPH}/v25.0/me/media", query_string=query).get_json()
@@ -557,12 +574,14 @@ def test_media_bad_cursor_rejected(client):
     assert graph_error(response)["code"] == 100
 
 
-def test_media_all_posts_unique_and_newest_first(client):
+def test_media_posts_unique_newest_first(client):
     items = all_media(client, short_token(client))
     timestamps = [item["timestamp"] for item in items]
     assert len(items) == 150
     assert len({item["id"] for item in items}) == 150
-    assert all(re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+0000", t) for t in timestamps)
+    assert all(
+        re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\+0000", t) for t in timestamps
+    )
     assert timestamps == sorted(timestamps, reverse=True)
     assert timestamps[0] == "2026-06-22T10:45:00+0000"
 
@@ -583,7 +602,10 @@ def test_media_children_expansion(client):
     assert all(2 <= len(album["children"]["data"]) <= 4 for album in albums)
     assert {child["media_type"] for child in children} == {"IMAGE", "VIDEO"}
     assert all("permalink" not in child for child in children)
-    assert all(set(child) <= {"id", "media_type", "media_url", "thumbnail_url"} for child in children)
+    assert all(
+        set(child) <= {"id", "media_type", "media_url", "thumbnail_url"}
+        for child in children
+    )
     assert not any("children" in item for item in items if item not in albums)
 
 
@@ -596,7 +618,9 @@ def test_media_mix_matches_instagram_quirks(client):
     assert any("caption" not in item for item in items)
     assert sum("media_url" not in video for video in videos) == 1
     assert sum("media_url" not in image for image in images) == 1
-    assert all(item["permalink"].startswith("https://www.instagram.com/p/") for item in items)
+    assert all(
+        item["permalink"].startswith("https://www.instagram.com/p/") for item in items
+    )
     assert all(item["username"] == "sandbox.owner" for item in items)
 
 
@@ -621,7 +645,7 @@ def test_media_captions_include(client, text):
     assert any(text in item.get("caption", "") for item in items)
 
 
-def test_media_wire_json_is_ascii_with_escaped_slashes(client):
+def test_media_json_ascii_escaped_slashes(client):
     query = {"access_token": short_token(client), "fields": "caption,permalink"}
     response = client.get(f"{GRAPH}/v25.0/me/media", query_string=query)
     assert response.data.isascii()
@@ -666,7 +690,7 @@ def test_sandbox_posts_ids_and_order():
     assert "lighthouse" in posts[-1]["caption"]
 
 
-def test_sandbox_posts_small_count_keeps_lighthouse_last():
+def test_sandbox_posts_small_count_lighthouse_last():
     posts = sandbox_posts(3)
     assert len(posts) == 3
     assert "lighthouse" in posts[-1]["caption"]
@@ -677,8 +701,8 @@ def test_sandbox_posts_small_count_keeps_lighthouse_last():
 
 def media_urls(client, token: str) -> list[str]:
     items = all_media(client, token)
-    urls = [item["media_url"] for item in items if item["media_type"] == "IMAGE"]
-    return [url for url in urls if url]
+    images = [item for item in items if item["media_type"] == "IMAGE"]
+    return [item["media_url"] for item in images if "media_url" in item]
 
 
 def test_cdn_serves_jpeg_in_three_shapes(client):
@@ -716,7 +740,9 @@ def test_cdn_bad_signature_rejected(client):
 
 def test_cdn_video_file_is_404(client):
     items = all_media(client, short_token(client))
-    video = next(item for item in items if item["media_type"] == "VIDEO" and "media_url" in item)
+    video = next(
+        item for item in items if item["media_type"] == "VIDEO" and "media_url" in item
+    )
     response = client.get(video["media_url"])
     cover = client.get(video["thumbnail_url"])
     assert urlsplit(video["media_url"]).path.endswith(".mp4")
@@ -850,3 +876,56 @@ def test_endpoints_point_at_sandbox():
     assert result.token_url == "http://127.0.0.1:5000/sandbox/oauth/access_token"
     assert result.graph_url == "http://127.0.0.1:5000/sandbox/graph"
     assert result.api_version == "v25.0"
+
+
+# The real client over HTTP ----------------------------------------------------------
+
+
+@pytest.fixture
+def live_url(app):
+    """Serve the test app on a loopback port from a thread, for the real client."""
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+    thread.join()
+    server.server_close()
+
+
+def test_real_client_runs_against_sandbox(live_url, clock):
+    instagram = pytest.importorskip("instagram")
+    redirect_uri = f"{live_url}/admin/callback/instagram"
+    with requests.Session() as browser, requests.Session() as session:
+        api = instagram.InstagramClient(
+            sandbox.endpoints(live_url, "v25.0"),
+            CLIENT_ID,
+            CLIENT_SECRET,
+            session=session,
+        )
+        page = browser.get(api.authorize_url(redirect_uri, "state-1"), timeout=10)
+        query = parse_qs(urlsplit(page.url).query)
+        form = {name: values[0] for name, values in query.items()}
+        form.update(csrf_token=csrf_token_from(page.text), decision="allow")
+        allowed = browser.post(
+            f"{live_url}/sandbox/oauth/authorize",
+            data=form,
+            allow_redirects=False,
+            timeout=10,
+        )
+        code = parse_qs(urlsplit(allowed.headers["Location"]).query)["code"][0]
+
+        short = api.exchange_code(code + "#_", redirect_uri)
+        long = api.exchange_long_lived(short.access_token)
+        profile = api.get_profile(long.access_token)
+        media = api.iter_media(long.access_token, 500)
+        clock.advance(hours=25)
+        refreshed = api.refresh(long.access_token)
+
+    assert short.user_id == "27640875392278831"
+    assert long.expires_in == 5183944
+    assert profile["user_id"] == "17841400000000001"
+    assert profile["username"] == "sandbox.owner"
+    assert len(media) == 150
+    assert "lighthouse" in media[-1]["caption"]
+    assert refreshed.access_token != long.access_token

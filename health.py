@@ -1,0 +1,130 @@
+"""What needs the owner's attention: `/healthz`, the admin banners and `token status`.
+
+A provider needs attention when it is configured but not connected, its token
+was rejected, the token expires within 7 days, its last refresh failed, or its
+feed has had no successful fetch for 24 hours.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from flask import Blueprint, Response, jsonify
+
+from providers import PROVIDERS
+from services import now, token_store
+from timeutil import parse_iso, to_iso
+from tokens import ATTENTION_DAYS
+
+bp = Blueprint("health", __name__)
+
+FEED_OUTDATED_AFTER = timedelta(hours=24)
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing the owner must fix, with the one action that fixes it."""
+
+    code: str
+    message: str
+    action: str  # "generate", "refresh" or "fetch"
+
+
+def provider_health(
+    name: str, moment: datetime | None = None
+) -> tuple[dict[str, Any], list[Problem]]:
+    """Describe one provider's connection and feed (no secret), and its problems."""
+    moment = moment or now()
+    provider = PROVIDERS[name]
+    record = token_store().get(name)
+    feed_at = _feed_fetched_at(name)
+    report: dict[str, Any] = {
+        "configured": provider.is_configured(),
+        "connected": record is not None,
+        "status": record.get("status") if record else None,
+        "account": record.get("username") if record else None,
+        "expires_at": None,
+        "days_left": None,
+        "last_refresh": None,
+        "last_error_code": None,
+        "feed_fetched_at": to_iso(feed_at),
+        "feed_age_seconds": int((moment - feed_at).total_seconds())
+        if feed_at
+        else None,
+    }
+    if record is not None:
+        expires_at = parse_iso(record.get("expires_at"))
+        report.update(
+            expires_at=to_iso(expires_at),
+            days_left=(expires_at - moment).days if expires_at else None,
+            last_refresh=record.get("refreshed_at"),
+            last_error_code=(record.get("last_error") or {}).get("code"),
+        )
+    found = problems(name, report, record)
+    report["problems"] = [problem.code for problem in found]
+    return report, found
+
+
+def problems(
+    name: str, report: dict[str, Any], record: dict[str, Any] | None
+) -> list[Problem]:
+    """List what needs the owner for one provider, most urgent first."""
+    title = PROVIDERS[name].title
+    if not report["configured"]:
+        return []
+    if record is None:
+        return [Problem("not_connected", f"{title} is not connected.", "generate")]
+
+    found = []
+    error = record.get("last_error") or {}
+    if record.get("status") == "reauthorization_required":
+        message = (
+            f"{title} needs you to connect the account again: {error.get('message')}"
+        )
+        found.append(Problem("reauthorization_required", message, "generate"))
+    elif report["days_left"] is not None and report["days_left"] < ATTENTION_DAYS:
+        message = f"The {title} token expires in {report['days_left']} days."
+        found.append(Problem("expires_soon", message, "refresh"))
+    if record.get("status") == "active" and record.get("refresh_failures"):
+        message = f"The last {title} token refresh failed: {error.get('message')}"
+        found.append(Problem("refresh_failing", message, "refresh"))
+
+    age = report["feed_age_seconds"]
+    if age is not None and age > FEED_OUTDATED_AFTER.total_seconds():
+        hours = age // 3600
+        message = (
+            f"The {title} feed has not been fetched successfully for {hours} hours."
+        )
+        found.append(Problem("feed_outdated", message, "fetch"))
+    return found
+
+
+def all_problems() -> list[tuple[str, Problem]]:
+    """List every provider's problems as (provider name, problem) pairs."""
+    moment = now()
+    found = []
+    for name in PROVIDERS:
+        found.extend((name, problem) for problem in provider_health(name, moment)[1])
+    return found
+
+
+def _feed_fetched_at(name: str) -> datetime | None:
+    from images import instagram_feed
+
+    if name != "instagram":
+        return None
+    return instagram_feed().snapshot().fetched_at
+
+
+@bp.get("/healthz")
+def healthz() -> tuple[Response, int]:
+    """Report each provider's state: 200 when all is well, 503 when degraded."""
+    moment = now()
+    reports = {name: provider_health(name, moment)[0] for name in PROVIDERS}
+    degraded = any(report["problems"] for report in reports.values())
+    body = {"status": "degraded" if degraded else "ok", "providers": reports}
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response, 503 if degraded else 200
