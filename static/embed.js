@@ -1,0 +1,178 @@
+/*
+ * ownfeed embed script: renders the owner's posts into every <div data-ownfeed>.
+ *
+ *   <div data-ownfeed data-limit="12" data-q="#travel" data-type="image,video"></div>
+ *   <script src="https://feed.example.com/embed.js" async></script>
+ *
+ * The markup matches templates/feed/grid.html. Captions and URLs from the API reach
+ * the page only through textContent and setAttribute, and only http(s) URLs are
+ * used. Each div gets data-ownfeed-state: "loading", then "loaded" or "error".
+ */
+(function () {
+  "use strict";
+
+  const script =
+    document.currentScript || document.querySelector('script[src$="/embed.js"]');
+  if (!script) {
+    return;
+  }
+  // The folder embed.js is served from, so ownfeed may live under a path prefix.
+  const base = new URL(".", script.src);
+  const TYPE_WORDS = { VIDEO: "video", CAROUSEL_ALBUM: "album" };
+
+  function httpUrl(value) {
+    try {
+      const url = new URL(value);
+      return url.protocol === "http:" || url.protocol === "https:" ? url.href : null;
+    } catch (err) {
+      return null;
+    }
+  }
+
+  function altText(post) {
+    const caption = typeof post.caption === "string" ? post.caption.trim() : "";
+    if (caption) {
+      const first = caption.split(/\r\n|[\n\r\v\f\x1c-\x1e\x85\u2028\u2029]/)[0].trim();
+      const chars = Array.from(first);
+      return chars.length <= 120 ? first : chars.slice(0, 119).join("") + "…";
+    }
+    const kind = TYPE_WORDS[post.media_type] || "photo";
+    const date = String(post.timestamp || "").slice(0, 10);
+    return date ? `Instagram ${kind} from ${date}` : `Instagram ${kind}`;
+  }
+
+  function renderItem(post) {
+    const type = String(post.media_type || "image")
+      .toLowerCase()
+      .replace(/[^a-z_]/g, "");
+    const link = document.createElement("a");
+    link.className = `ownfeed-item ownfeed-${type}`;
+    const permalink = httpUrl(post.permalink);
+    if (permalink) {
+      link.setAttribute("href", permalink);
+    }
+    link.setAttribute("target", "_blank");
+    link.setAttribute("rel", "noopener noreferrer");
+    link.setAttribute("data-id", String(post.id));
+
+    const src = httpUrl(post.thumbnail_url);
+    if (src) {
+      const img = document.createElement("img");
+      img.setAttribute("src", src);
+      img.setAttribute("loading", "lazy");
+      img.setAttribute("decoding", "async");
+      img.setAttribute("width", "320");
+      img.setAttribute("height", "320");
+      img.setAttribute("alt", altText(post));
+      link.appendChild(img);
+    } else {
+      const missing = document.createElement("span");
+      missing.className = "ownfeed-missing";
+      missing.textContent = altText(post);
+      link.appendChild(missing);
+    }
+    return link;
+  }
+
+  async function fetchPage(url) {
+    const response = await fetch(url, { credentials: "omit" });
+    if (!response.ok) {
+      // ownfeed's JSON error body has a code (such as not_connected) and a message.
+      const body = await response.json().catch(() => ({}));
+      const reason = body.error ? `: ${body.error.code}: ${body.error.message}` : "";
+      throw new Error(`GET ${url} returned HTTP ${response.status}${reason}`);
+    }
+    return response.json();
+  }
+
+  // Follow paging.next only to the server this script came from.
+  function nextUrl(page) {
+    const next = httpUrl(page.paging && page.paging.next);
+    return next && new URL(next).origin === base.origin ? next : null;
+  }
+
+  function appendPage(grid, page) {
+    for (const post of Array.isArray(page.data) ? page.data : []) {
+      grid.appendChild(renderItem(post));
+    }
+  }
+
+  function addMoreButton(container, grid, url) {
+    const button = document.createElement("button");
+    button.setAttribute("type", "button");
+    button.className = "ownfeed-more";
+    button.textContent = "More posts";
+    button.addEventListener("click", async () => {
+      button.disabled = true;
+      try {
+        const page = await fetchPage(url);
+        appendPage(grid, page);
+        url = nextUrl(page);
+        if (!url) {
+          button.remove();
+        }
+      } catch (err) {
+        console.warn("ownfeed: loading more posts failed:", err);
+      }
+      button.disabled = false;
+    });
+    container.appendChild(button);
+  }
+
+  async function render(container) {
+    container.setAttribute("data-ownfeed-state", "loading");
+    const url = new URL("images", base);
+    url.searchParams.set("format", "json");
+    for (const name of ["limit", "q", "type"]) {
+      const value = container.getAttribute(`data-${name}`);
+      if (value) {
+        url.searchParams.set(name, value);
+      }
+    }
+    const grid = document.createElement("div");
+    grid.className = "ownfeed-grid";
+    container.textContent = "";
+    container.appendChild(grid);
+
+    try {
+      const page = await fetchPage(url.href);
+      appendPage(grid, page);
+      const next = nextUrl(page);
+      if (next) {
+        addMoreButton(container, grid, next);
+      }
+      container.setAttribute("data-ownfeed-state", "loaded");
+    } catch (err) {
+      // Visitors see an empty grid; the reason is for the site owner's console.
+      console.warn("ownfeed: loading posts failed:", err);
+      container.setAttribute("data-ownfeed-state", "error");
+    }
+  }
+
+  function addStylesheet() {
+    if (document.querySelector("link[data-ownfeed-css]")) {
+      return;
+    }
+    const link = document.createElement("link");
+    link.setAttribute("rel", "stylesheet");
+    link.setAttribute("href", new URL("static/ownfeed.css", base).href);
+    link.setAttribute("data-ownfeed-css", "");
+    (document.head || document.documentElement).appendChild(link);
+  }
+
+  function start() {
+    addStylesheet();
+    // A div that already has a state was claimed by another copy of this script.
+    for (const container of document.querySelectorAll("div[data-ownfeed]")) {
+      if (!container.hasAttribute("data-ownfeed-state")) {
+        render(container);
+      }
+    }
+  }
+
+  if (document.readyState === "loading") {
+    document.addEventListener("DOMContentLoaded", start);
+  } else {
+    start();
+  }
+})();
