@@ -254,11 +254,13 @@ class FeedCache:
             with file_lock(self.path):
                 write_json_atomic(self.path, document)
         except TokenStoreError as err:
-            # The posts stay in memory; the next fetch tries to save them again.
+            # The posts and the backoff stay in memory, tied to the file now on
+            # disk, so they are served until another process replaces that file.
             logger.error("Cannot save the feed: %s", err)
+            signature = self._file_signature()
             with self._memory_lock:
                 self._snapshot = _snapshot_of(document)
-                self._signature = None
+                self._signature = signature
 
     # --- files ------------------------------------------------------------
 

@@ -14,8 +14,10 @@ import json
 import logging
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import (
     Blueprint,
@@ -75,8 +77,11 @@ def instagram_feed() -> FeedCache:
     return cache
 
 
-def instagram_fetch() -> Fetch:
-    """Prepare a fetch of the owner's posts that can run outside this request."""
+def instagram_fetch(on_page: Callable[[int], None] | None = None) -> Fetch:
+    """Prepare a fetch of the owner's posts that can run outside this request.
+
+    `on_page` is called with the number of posts each page added.
+    """
     app = current_app._get_current_object()
     client = instagram_client()
     max_posts = app.config["FEED_MAX_POSTS"]
@@ -87,7 +92,7 @@ def instagram_fetch() -> Fetch:
             if record is None:
                 raise FeedError("not_connected", "No Instagram account is connected.")
             try:
-                raw = client.iter_media(record["access_token"], max_posts)
+                raw = client.iter_media(record["access_token"], max_posts, on_page)
             except TokenInvalidError as err:
                 record_token_rejected("instagram", err)
                 raise FeedError("reauthorization_required", err.owner_message) from err
@@ -129,7 +134,10 @@ def current_feed() -> tuple[Snapshot, bool]:
 def parse_limit(text: str | None) -> int:
     if text is None or text == "":
         return DEFAULT_LIMIT
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIMIT:
+    # isascii() keeps out digits such as "²" that int() rejects, and the length
+    # check keeps int() away from numbers longer than its 4300-digit limit.
+    valid = text.isascii() and text.isdigit() and len(text) <= 5
+    if not valid or not 1 <= int(text) <= MAX_LIMIT:
         raise ParameterError(
             "limit",
             f"limit must be a whole number from 1 to {MAX_LIMIT}; got {text[:20]!r}.",
@@ -269,12 +277,9 @@ def feed_response(view: str, page_format: str | None = None) -> Response:
         page, last = select_page(snapshot, query, types, cursor, limit)
         next_url = None
         if last is not None:
-            arguments = {k: v for k, v in request.args.items() if k != "after"}
-            next_url = url_for(
-                request.endpoint, _external=True, **arguments, after=encode_cursor(last)
-            )
+            next_url = next_page_url(encode_cursor(last))
         body = render_body(view, page_format, snapshot, page, next_url, stale)
-        entry = (body, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
+        entry = (body, hashlib.sha256(body).hexdigest()[:32])
         cache.put(key, entry)
     return cacheable_response(*entry, page_format)
 
@@ -300,13 +305,31 @@ def render_body(
     return render_template(template, posts=page, next_url=next_url).encode()
 
 
+def next_page_url(cursor: str) -> str:
+    """Return this request's URL with `after` set to `cursor`.
+
+    The query is encoded here, not passed to `url_for` as keywords, because
+    parameters such as `_external` or `_anchor` are `url_for` options.
+    """
+    arguments = [
+        (name, value)
+        for name, value in request.args.items(multi=True)
+        if name != "after"
+    ]
+    arguments.append(("after", cursor))
+    return f"{url_for(request.endpoint, _external=True)}?{urlencode(arguments)}"
+
+
 def cacheable_response(body: bytes, etag: str, page_format: str) -> Response:
+    """Answer with `body`, or 304 when If-None-Match names `etag` (unquoted)."""
     mimetype = "application/json" if page_format == "json" else "text/html"
-    if etag in request.if_none_match:
+    # Werkzeug parses If-None-Match into unquoted tags; the weak comparison
+    # (RFC 9110, section 13.1.2) also matches W/"..." and "*".
+    if request.if_none_match.contains_weak(etag):
         response = Response(status=304)
     else:
         response = Response(body, mimetype=mimetype)
-    response.headers["ETag"] = etag
+    response.set_etag(etag)
     response.headers["Cache-Control"] = (
         f"public, max-age={BROWSER_CACHE_SECONDS}, stale-while-revalidate=300"
     )

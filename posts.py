@@ -25,11 +25,17 @@ def normalize_posts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     out, so one odd post does not empty the feed.
     """
     posts = []
+    seen: set[str] = set()
     for record in records:
         try:
-            posts.append(normalize_post(record))
+            post = normalize_post(record)
         except ValueError as err:
             logger.warning("Skipped an Instagram post that could not be read: %s", err)
+            continue
+        # Paging can repeat a post when new ones are published during the fetch.
+        if post["id"] not in seen:
+            seen.add(post["id"])
+            posts.append(post)
     posts.sort(key=lambda post: (post["timestamp"] or "", post["id"]), reverse=True)
     return posts
 
@@ -37,17 +43,17 @@ def normalize_posts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def normalize_post(record: dict[str, Any]) -> dict[str, Any]:
     """Return one post in the public schema; raise ValueError when unusable."""
     post_id = record.get("id")
-    if not isinstance(post_id, str | int) or not str(post_id):
+    if isinstance(post_id, bool) or not isinstance(post_id, str | int) or post_id == "":
         raise ValueError(f"a post has no id: keys {sorted(record)}")
     media_type = _media_type(record, str(post_id))
     children = [_normalize_child(child) for child in _children(record)]
-    media_url = _text(record.get("media_url"))
+    media_url = _url(record.get("media_url"))
 
     return {
         "id": str(post_id),
         "media_type": media_type,
         "caption": _text(record.get("caption")),
-        "permalink": _text(record.get("permalink")),
+        "permalink": _url(record.get("permalink")),
         "timestamp": _timestamp(record.get("timestamp"), str(post_id)),
         "media_url": media_url,
         "thumbnail_url": _still(media_type, media_url, record, children),
@@ -74,8 +80,8 @@ def _children(record: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _normalize_child(child: dict[str, Any]) -> dict[str, Any]:
     media_type = str(child.get("media_type") or "IMAGE").upper()
-    media_url = _text(child.get("media_url"))
-    thumbnail_url = _text(child.get("thumbnail_url"))
+    media_url = _url(child.get("media_url"))
+    thumbnail_url = _url(child.get("thumbnail_url"))
     return {
         "id": str(child["id"]),
         "media_type": media_type,
@@ -92,13 +98,13 @@ def _still(
 ) -> str | None:
     """Pick the still image: the image, a video's cover, an album's first still."""
     if media_type == "VIDEO":
-        return _text(record.get("thumbnail_url"))
+        return _url(record.get("thumbnail_url"))
     if media_type == "CAROUSEL_ALBUM":
         for child in children:
             if child["thumbnail_url"]:
                 return child["thumbnail_url"]
         # Instagram also gives an album the first child's URL as its own.
-        return media_url or _text(record.get("thumbnail_url"))
+        return media_url or _url(record.get("thumbnail_url"))
     return media_url
 
 
@@ -117,3 +123,14 @@ def _text(value: Any) -> str | None:
     if isinstance(value, str) and value:
         return value
     return None
+
+
+def _url(value: Any) -> str | None:
+    """Return `value` when it is an http or https URL, else None.
+
+    Pages put these URLs in `href` and `src`, so a `javascript:` URL is dropped.
+    """
+    text = _text(value)
+    if text is None or not text.lower().startswith(("https://", "http://")):
+        return None
+    return text
