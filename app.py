@@ -14,6 +14,7 @@ from flask_wtf.csrf import CSRFError
 import commands
 import health
 import images
+import media
 import oauth
 import sandbox
 import settings
@@ -88,6 +89,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(oauth.bp)
     app.register_blueprint(images.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(media.bp)
     app.before_request(_refresh_due_tokens)
     if app.config["OWNFEED_SANDBOX"]:
         app.register_blueprint(sandbox.bp)

@@ -19,11 +19,12 @@ import hashlib
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +36,9 @@ logger = logging.getLogger(__name__)
 
 # Waiting after consecutive failures: 1, 2, 4, ... minutes, at most the cache time.
 FIRST_BACKOFF_SECONDS = 60
+# With MEDIA_PROXY=0, the feed is refetched this long before a served link expires.
+LINK_EXPIRY_MARGIN = timedelta(hours=1)
+MIN_LINK_REFETCH_INTERVAL = timedelta(minutes=5)
 # How long a cold request waits for another worker's first fetch before giving up.
 COLD_WAIT_SECONDS = 60.0
 
@@ -74,6 +78,7 @@ class Snapshot:
     retry_at: datetime | None
     failures: int
     version: str
+    links_expire_at: datetime | None = None
     _search_keys: list[SearchKey] | None = field(default=None, repr=False)
     _keys_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -113,9 +118,16 @@ class FeedCache:
     """The cached feed of one provider."""
 
     def __init__(
-        self, path: Path, clock: Callable[[], datetime], ttl_seconds: int
+        self,
+        path: Path,
+        clock: Callable[[], datetime],
+        ttl_seconds: int,
+        track_link_expiry: bool = False,
     ) -> None:
         self.path = Path(path)
+        # With Instagram's own (expiring) media URLs served, the feed is also
+        # refetched before the first of them expires.
+        self.track_link_expiry = track_link_expiry
         self.refresh_lock_path = Path(f"{path}.refresh")
         self.clock = clock
         self.ttl = timedelta(seconds=ttl_seconds)
@@ -145,14 +157,56 @@ class FeedCache:
         snapshot = self.snapshot()
         now = self.clock()
         if snapshot.has_posts:
-            if snapshot.needs_fetch(now, self.ttl):
+            if self._due(snapshot, now):
                 self.refresh_in_background(fetch)
             return snapshot
-        if snapshot.needs_fetch(now, self.ttl):
+        if self._due(snapshot, now):
             snapshot = self._refresh_cold(fetch)
         if not snapshot.has_posts:
             raise _error_of(snapshot, now)
         return snapshot
+
+    def _due(self, snapshot: Snapshot, now: datetime) -> bool:
+        """Tell whether a fetch is due, counting served links about to expire."""
+        if snapshot.needs_fetch(now, self.ttl):
+            return True
+        expiry = snapshot.links_expire_at if self.track_link_expiry else None
+        if expiry is None or now < expiry - LINK_EXPIRY_MARGIN:
+            return False
+        # Links that came back already expired must not cause a fetch per request.
+        fetched_at = snapshot.fetched_at
+        if fetched_at is not None and now - fetched_at < MIN_LINK_REFETCH_INTERVAL:
+            return False
+        return snapshot.retry_at is None or now >= snapshot.retry_at
+
+    # --- editing ----------------------------------------------------------
+
+    def replace_post(self, post: dict[str, Any]) -> None:
+        """Replace the kept post with the same id (after renewing its links)."""
+
+        def change(posts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [post if known["id"] == post["id"] else known for known in posts]
+
+        self._edit_posts(change)
+
+    def remove_post(self, post_id: str) -> None:
+        """Remove a post that no longer exists from the kept feed."""
+        self._edit_posts(
+            lambda posts: [known for known in posts if known["id"] != post_id]
+        )
+
+    def _edit_posts(
+        self, change: Callable[[list[dict[str, Any]]], list[dict[str, Any]]]
+    ) -> None:
+        with file_lock(self.path):
+            try:
+                document = json.loads(self.path.read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                return
+            if not isinstance(document.get("posts"), list):
+                return
+            document["posts"] = change(document["posts"])
+            self._write(document)
 
     # --- refreshing -------------------------------------------------------
 
@@ -186,7 +240,7 @@ class FeedCache:
                 if not acquired:
                     return
                 # Another worker may have fetched while this one was deciding.
-                if self.snapshot().needs_fetch(self.clock(), self.ttl):
+                if self._due(self.snapshot(), self.clock()):
                     self._fetch_and_save(fetch)
         except Exception:
             # A background thread has no caller to raise to: log and go on
@@ -196,7 +250,7 @@ class FeedCache:
     def _refresh_cold(self, fetch: Fetch) -> Snapshot:
         with self._refresh_lock(blocking=True):
             snapshot = self.snapshot()
-            if snapshot.needs_fetch(self.clock(), self.ttl):
+            if self._due(snapshot, self.clock()):
                 snapshot = self._fetch_and_save(fetch)
             return snapshot
 
@@ -340,7 +394,29 @@ def _snapshot_of(document: dict[str, Any]) -> Snapshot:
         retry_at=parse_iso(document.get("retry_at")),
         failures=int(document.get("failures") or 0),
         version=hashlib.sha256(body.encode()).hexdigest()[:16],
+        links_expire_at=_links_expire_at(posts if isinstance(posts, list) else []),
     )
+
+
+_SIGNED_EXPIRY = re.compile(r"[?&]oe=([0-9A-Fa-f]{1,12})(?:&|$)")
+
+
+def _links_expire_at(posts: list[dict[str, Any]]) -> datetime | None:
+    """Return the earliest expiry of the posts' signed CDN URLs (their `oe` value).
+
+    Instagram's CDN URLs carry `oe`, the expiry as hexadecimal Unix seconds.
+    """
+    earliest = None
+    for post in posts:
+        urls = [post.get("media_url"), post.get("thumbnail_url")]
+        for child in post.get("children") or []:
+            urls += [child.get("media_url"), child.get("thumbnail_url")]
+        for url in urls:
+            match = _SIGNED_EXPIRY.search(url or "")
+            if match:
+                moment = int(match.group(1), 16)
+                earliest = moment if earliest is None else min(earliest, moment)
+    return datetime.fromtimestamp(earliest, UTC) if earliest is not None else None
 
 
 def _error_of(snapshot: Snapshot, now: datetime) -> FeedError:

@@ -29,6 +29,7 @@ from flask import (
     url_for,
 )
 
+import media
 import search
 from feed import FeedCache, FeedError, Fetch, Fetched, Snapshot
 from instagram import InstagramError, RateLimitedError, TokenInvalidError
@@ -71,8 +72,13 @@ def instagram_feed() -> FeedCache:
         cache = app_services.feeds.get("instagram")
         if cache is None:
             path = Path(current_app.instance_path) / "feed-instagram.json"
-            ttl = current_app.config["FEED_CACHE_SECONDS"]
-            cache = FeedCache(path, app_services.clock, ttl)
+            config = current_app.config
+            cache = FeedCache(
+                path,
+                app_services.clock,
+                config["FEED_CACHE_SECONDS"],
+                track_link_expiry=not config["MEDIA_PROXY"],
+            )
             app_services.feeds["instagram"] = cache
     return cache
 
@@ -275,6 +281,8 @@ def feed_response(view: str, page_format: str | None = None) -> Response:
     entry = cache.get(key)
     if entry is None:
         page, last = select_page(snapshot, query, types, cursor, limit)
+        if current_app.config["MEDIA_PROXY"]:
+            page = [media.proxied_post(post) for post in page]
         next_url = None
         if last is not None:
             next_url = next_page_url(encode_cursor(last))

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 from typing import Any
 
+from flask import current_app
+
 from feed import FeedCache, Fetch
+from media import proxied_post
 from providers import PROVIDERS
 from services import token_store
 
@@ -37,7 +40,10 @@ def feed_views() -> list[dict[str, Any]]:
                 "fetched_at": snapshot.fetched_at,
                 "last_error": snapshot.last_error if failed_last else None,
                 "retry_at": snapshot.retry_at,
-                "preview": (snapshot.posts or [])[:PREVIEW_SIZE],
+                "preview": [
+                    proxied_post(post) if current_app.config["MEDIA_PROXY"] else post
+                    for post in (snapshot.posts or [])[:PREVIEW_SIZE]
+                ],
             }
         )
     return views

@@ -41,6 +41,7 @@ INTEGER_KEYS = (
     ("FEED_MAX_POSTS", 500, 1, 10_000),
     ("REFRESH_BEFORE_DAYS", 30, 1, 59),
     ("SANDBOX_POST_COUNT", 150, 1, 10_000),
+    ("MEDIA_CACHE_MAX_MB", 500, 10, 1_000_000),
 )
 
 URL_KEYS = (
@@ -72,6 +73,8 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
         environ.get("IMAGES_ALLOWED_ORIGINS", "")
     )
     config["SANDBOX_TOKEN_RESPONSE"] = environ.get("SANDBOX_TOKEN_RESPONSE", "flat")
+    config["MEDIA_PROXY"] = _read_switch(environ, "MEDIA_PROXY", default=True)
+    config["MEDIA_WIDTHS"] = _read_widths(environ.get("MEDIA_WIDTHS", ""))
     return config
 
 
@@ -187,6 +190,31 @@ def _read_sandbox_switch(environ: Mapping[str, str]) -> bool | None:
         f"OWNFEED_SANDBOX is {text!r}. Set it to 1 to force the sandbox, 0 to "
         "forbid it, or remove it to use the sandbox when INSTAGRAM_CLIENT_ID is unset."
     )
+
+
+def _read_switch(environ: Mapping[str, str], key: str, default: bool) -> bool:
+    text = environ.get(key, "").strip()
+    if not text:
+        return default
+    if text in ("1", "0"):
+        return text == "1"
+    raise ConfigError(f"{key} is {text!r}. Set it to 1 or 0.")
+
+
+def _read_widths(text: str) -> tuple[int, ...]:
+    """Read MEDIA_WIDTHS, a comma list of image widths in pixels."""
+    if not text.strip():
+        return (150, 320, 640, 1080)
+    widths = []
+    for part in text.split(","):
+        part = part.strip()
+        if not part.isdigit() or not 16 <= int(part) <= 4096:
+            raise ConfigError(
+                f"MEDIA_WIDTHS contains {part!r}. List widths in pixels from 16 to "
+                "4096, separated by commas, for example 150,320,640,1080."
+            )
+        widths.append(int(part))
+    return tuple(sorted(set(widths)))
 
 
 def _read_origins(text: str) -> list[str]:

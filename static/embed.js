@@ -41,6 +41,26 @@
     return date ? `Instagram ${kind} from ${date}` : `Instagram ${kind}`;
   }
 
+  // Each tile is about a third of a phone screen, or 20rem at most.
+  const GRID_SIZES = "(max-width: 40rem) 33vw, 20rem";
+
+  // Turns the `sizes` map (width -> URL on ownfeed) into sorted [width, url] pairs.
+  function sizeList(sizes) {
+    if (!sizes || typeof sizes !== "object") {
+      return [];
+    }
+    return Object.keys(sizes)
+      .map((width) => [parseInt(width, 10), httpUrl(sizes[width])])
+      .filter(([width, url]) => width > 0 && url)
+      .sort((a, b) => a[0] - b[0]);
+  }
+
+  // The `src` for browsers without srcset: the first width of 320 or more.
+  function pickSource(sizes) {
+    const wide = sizes.find(([width]) => width >= 320);
+    return (wide || sizes[sizes.length - 1])[1];
+  }
+
   function renderItem(post) {
     const type = String(post.media_type || "image")
       .toLowerCase()
@@ -55,10 +75,15 @@
     link.setAttribute("rel", "noopener noreferrer");
     link.setAttribute("data-id", String(post.id));
 
-    const src = httpUrl(post.thumbnail_url);
+    const sizes = sizeList(post.sizes);
+    const src = sizes.length ? pickSource(sizes) : httpUrl(post.thumbnail_url);
     if (src) {
       const img = document.createElement("img");
       img.setAttribute("src", src);
+      if (sizes.length) {
+        img.setAttribute("srcset", sizes.map(([w, url]) => `${url} ${w}w`).join(", "));
+        img.setAttribute("sizes", GRID_SIZES);
+      }
       img.setAttribute("loading", "lazy");
       img.setAttribute("decoding", "async");
       img.setAttribute("width", "320");

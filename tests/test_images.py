@@ -61,7 +61,7 @@ def raw_post(number: int, **fields: Any) -> dict[str, Any]:
         "id": str(17_900_000_000_000_000 + number),
         "media_type": "IMAGE",
         "caption": f"Post number {number}",
-        "media_url": f"https://cdn.instagram.test/{number}.jpg?oe=1",
+        "media_url": f"https://cdn.instagram.test/{number}.jpg?oe=7FFFFFFF",
         "permalink": f"https://www.instagram.com/p/P{number}/",
         "timestamp": moment.strftime("%Y-%m-%dT%H:%M:%S+0000"),
         "username": "owner.handle",
@@ -172,6 +172,8 @@ def make_feed_app(make_app, clock):
             "FEED_CACHE_SECONDS": TTL,
             "IMAGES_ALLOWED_ORIGINS": [OWNER],
             "CLOCK": clock,
+            # These tests check the feed's own URLs; test_media.py covers the proxy.
+            "MEDIA_PROXY": False,
         }
         config.update(overrides)
         return make_app(**config)
@@ -1032,7 +1034,7 @@ def test_images_html_uses_stills_never_video(client, connected):
     tags = image_tags(client.get("/images?format=html").get_data(as_text=True))
 
     assert [tag["src"] for tag in tags] == [
-        "https://cdn.instagram.test/1.jpg?oe=1",
+        "https://cdn.instagram.test/1.jpg?oe=7FFFFFFF",
         "https://cdn.instagram.test/2-cover.jpg",
         "https://cdn.instagram.test/3-0-cover.jpg",
     ]

@@ -1,0 +1,302 @@
+"""Stable, private image URLs: the owner's images served from ownfeed, in sizes.
+
+Instagram's media URLs are signed CDN links that expire after a few days, and a
+visitor's browser that loads them contacts Instagram. Here each still image of a
+kept post is downloaded once, checked, kept under `instance/media/`, and served
+in the configured widths, so pages keep working and visitors only contact this
+server. Only posts in the kept feed and only the configured widths are served,
+so the route is not an open proxy.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import os
+import re
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+from flask import Blueprint, Response, abort, current_app, send_file, url_for
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from token_store import file_lock
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("media", __name__, url_prefix="/media")
+
+DEFAULT_WIDTHS = (150, 320, 640, 1080)
+MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024
+# Larger images are rejected before decoding, against decompression bombs.
+MAX_PIXELS = 50_000_000
+DOWNLOAD_TIMEOUT = (3.05, 15.0)
+BROWSER_CACHE_SECONDS = 30 * 24 * 3600
+JPEG_QUALITY = 85
+_ID = re.compile(r"[0-9]{1,32}")
+
+_session = requests.Session()
+
+
+class MediaError(Exception):
+    """An image could not be downloaded or decoded; nothing was kept."""
+
+
+class SourceExpired(MediaError):
+    """The CDN answered 403 or 404: the signed URL expired or the file is gone."""
+
+
+def media_folder() -> Path:
+    return Path(current_app.instance_path) / "media"
+
+
+def widths() -> tuple[int, ...]:
+    return tuple(current_app.config.get("MEDIA_WIDTHS") or DEFAULT_WIDTHS)
+
+
+# --- rewriting the feed ---------------------------------------------------
+
+
+def proxied_post(post: dict[str, Any]) -> dict[str, Any]:
+    """Return the post with every image URL on ownfeed and a `sizes` map added.
+
+    A video's `media_url` becomes its cover: the video itself plays on
+    Instagram through `permalink`.
+    """
+    public = dict(post)
+    has_still = bool(post.get("thumbnail_url"))
+    public["sizes"] = _sizes(post["id"], None) if has_still else {}
+    largest = public["sizes"].get(str(max(widths()))) if has_still else None
+    public["thumbnail_url"] = largest
+    public["media_url"] = largest if post.get("media_url") or has_still else None
+    public["children"] = [
+        _proxied_child(post["id"], child) for child in post["children"]
+    ]
+    return public
+
+
+def _proxied_child(post_id: str, child: dict[str, Any]) -> dict[str, Any]:
+    public = dict(child)
+    has_still = bool(child.get("thumbnail_url"))
+    public["sizes"] = _sizes(post_id, child["id"]) if has_still else {}
+    largest = public["sizes"].get(str(max(widths()))) if has_still else None
+    public["thumbnail_url"] = largest
+    public["media_url"] = largest
+    return public
+
+
+def _sizes(post_id: str, child_id: str | None) -> dict[str, str]:
+    sizes = {}
+    for width in widths():
+        if child_id is None:
+            url = url_for("media.image", post_id=post_id, width=width, _external=True)
+        else:
+            url = url_for(
+                "media.child_image",
+                post_id=post_id,
+                child_id=child_id,
+                width=width,
+                _external=True,
+            )
+        sizes[str(width)] = url
+    return sizes
+
+
+@bp.app_template_filter("image_sources")
+def image_sources(post: dict[str, Any]) -> dict[str, str | None]:
+    """Return a tile's `src` (the first width of 320 or more) and its `srcset`."""
+    sizes = sorted(
+        (int(width), url) for width, url in (post.get("sizes") or {}).items()
+    )
+    if not sizes:
+        return {"src": post.get("thumbnail_url"), "srcset": None}
+    wide = [url for width, url in sizes if width >= 320]
+    srcset = ", ".join(f"{url} {width}w" for width, url in sizes)
+    return {"src": wide[0] if wide else sizes[-1][1], "srcset": srcset}
+
+
+# --- routes ---------------------------------------------------------------
+
+
+@bp.get("/<post_id>/<int:width>.jpg")
+def image(post_id: str, width: int) -> Response:
+    """Serve a kept post's still image at one of the configured widths."""
+    return _serve(post_id, None, width)
+
+
+@bp.get("/<post_id>/<child_id>/<int:width>.jpg")
+def child_image(post_id: str, child_id: str, width: int) -> Response:
+    """Serve an album child's still image at one of the configured widths."""
+    return _serve(post_id, child_id, width)
+
+
+def _serve(post_id: str, child_id: str | None, width: int) -> Response:
+    if not _ID.fullmatch(post_id) or (
+        child_id is not None and not _ID.fullmatch(child_id)
+    ):
+        abort(404)
+    if width not in widths():
+        abort(404)
+
+    import media_sources
+
+    slot = media_folder() / post_id / (child_id or "post")
+    sized = slot / f"{width}.jpg"
+    if not sized.exists():
+        try:
+            source = media_sources.ensure_source(post_id, child_id, slot)
+        except media_sources.NotInFeed:
+            abort(404)
+        except MediaError as err:
+            logger.warning(
+                "Image %s/%s unavailable: %s", post_id, child_id or "post", err
+            )
+            response = Response(str(err), status=502, mimetype="text/plain")
+            response.headers["Cache-Control"] = "no-store"
+            return response
+        _write_resized(source, sized, width)
+        enforce_limit()
+
+    _mark_used(sized)
+    response = send_file(
+        sized,
+        mimetype="image/jpeg",
+        conditional=True,
+        etag=True,
+        max_age=BROWSER_CACHE_SECONDS,
+    )
+    response.headers["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+# --- downloading and resizing ---------------------------------------------
+
+
+def download_image(url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
+    """Download an image, checking its size, content type and that it decodes.
+
+    Raises SourceExpired on 403 or 404 and MediaError on anything else wrong.
+    """
+    if not url.startswith(("https://", "http://")):
+        raise MediaError("The image URL is not http(s).")
+    try:
+        with _session.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT) as response:
+            if response.status_code in (403, 404):
+                raise SourceExpired(f"The CDN answered {response.status_code}.")
+            if response.status_code != 200:
+                raise MediaError(f"The CDN answered {response.status_code}.")
+            content_type = response.headers.get("Content-Type", "")
+            if not content_type.startswith("image/"):
+                raise MediaError(
+                    f"The CDN sent {content_type or 'no content type'}, not an image."
+                )
+            body = _read_limited(response, max_bytes)
+    except requests.RequestException as err:
+        raise MediaError(
+            f"Downloading the image failed ({type(err).__name__})."
+        ) from None
+    check_image(body)
+    return body
+
+
+def _read_limited(response: requests.Response, max_bytes: int) -> bytes:
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise MediaError(f"The image is {declared} bytes, over the {max_bytes} limit.")
+    chunks = []
+    total = 0
+    for chunk in response.iter_content(64 * 1024):
+        total += len(chunk)
+        if total > max_bytes:
+            raise MediaError(f"The image is over the {max_bytes} byte limit.")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def check_image(body: bytes) -> None:
+    """Raise MediaError unless `body` decodes as a JPEG, PNG or WebP image."""
+    try:
+        with Image.open(io.BytesIO(body)) as probe:
+            if probe.format not in ("JPEG", "PNG", "WEBP"):
+                raise MediaError(f"The image format {probe.format} is not accepted.")
+            if probe.width * probe.height > MAX_PIXELS:
+                raise MediaError(
+                    f"The image is {probe.width}x{probe.height}, too large."
+                )
+            probe.verify()
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        raise MediaError(f"The image could not be decoded ({err}).") from None
+
+
+def resize(body: bytes, width: int) -> bytes:
+    """Return a JPEG `width` pixels wide (never enlarged), upright by its EXIF data."""
+    with Image.open(io.BytesIO(body)) as original:
+        upright = ImageOps.exif_transpose(original)
+        if upright.mode not in ("RGB", "L"):
+            upright = _flatten(upright)
+        if upright.width > width:
+            height = max(1, round(upright.height * width / upright.width))
+            upright = upright.resize((width, height), Image.Resampling.LANCZOS)
+        output = io.BytesIO()
+        upright.save(
+            output, "JPEG", quality=JPEG_QUALITY, optimize=True, progressive=True
+        )
+        return output.getvalue()
+
+
+def _flatten(image: Image.Image) -> Image.Image:
+    """Put an image with transparency on white, as JPEG has no alpha."""
+    rgba = image.convert("RGBA")
+    background = Image.new("RGB", rgba.size, (255, 255, 255))
+    background.paste(rgba, mask=rgba.getchannel("A"))
+    return background
+
+
+def _write_resized(source: Path, sized: Path, width: int) -> None:
+    with file_lock(sized):
+        if sized.exists():
+            return
+        data = resize(source.read_bytes(), width)
+        write_bytes_atomic(sized, data)
+
+
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Replace `path` with `data`, so a reader never sees a partial image."""
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    temp.write_bytes(data)
+    os.replace(temp, path)
+
+
+# --- disk limit -----------------------------------------------------------
+
+
+def _mark_used(path: Path) -> None:
+    """Set the file's access time to now; eviction goes by access time.
+
+    The modification time is left alone, because the ETag and Last-Modified
+    headers are built from it.
+    """
+    status = path.stat()
+    os.utime(path, ns=(time.time_ns(), status.st_mtime_ns))
+
+
+def enforce_limit() -> None:
+    """Evict the least recently used files until the folder fits MEDIA_CACHE_MAX_MB."""
+    limit = current_app.config.get("MEDIA_CACHE_MAX_MB", 500) * 1024 * 1024
+    folder = media_folder()
+    files = []
+    for path in folder.rglob("*"):
+        if path.is_file() and not path.name.startswith(".") and path.suffix != ".lock":
+            status = path.stat()
+            files.append((status.st_atime, status.st_size, path))
+    total = sum(size for _, size, _ in files)
+    if total <= limit:
+        return
+    for _, size, path in sorted(files):
+        path.unlink(missing_ok=True)
+        total -= size
+        logger.info("Evicted %s from the media cache", path.relative_to(folder))
+        if total <= limit:
+            break
