@@ -12,7 +12,7 @@ import notify
 import provider_feeds
 import tokens
 from health import provider_health
-from instagram import InstagramError
+from instagram import InstagramError, TokenInvalidError
 from providers import PROVIDERS
 from services import now
 from token_store import TokenStoreError
@@ -25,7 +25,10 @@ PROVIDER_OPTION = click.Choice(sorted(PROVIDERS))
 
 @token_cli.command("status")
 def token_status() -> None:
-    """Print each provider's token state; exit 1 when one needs attention."""
+    """Print each provider's token state; exit 1 when a token needs attention.
+
+    An outdated feed is printed too, but only `/healthz` reports it as degraded.
+    """
     moment = now()
     header = (
         "provider",
@@ -36,7 +39,8 @@ def token_status() -> None:
         "status",
     )
     rows = [header]
-    attention = []
+    attention: list[str] = []
+    notes: list[str] = []
     for name in PROVIDERS:
         report, problems = provider_health(name, moment)
         days = report["days_left"]
@@ -50,7 +54,9 @@ def token_status() -> None:
                 report["status"] or "-",
             )
         )
-        attention.extend(f"{name}: {problem.message}" for problem in problems)
+        for problem in problems:
+            line = f"{name}: {problem.message}"
+            (attention if problem.concerns_token else notes).append(line)
 
     widths = [
         max(len(str(row[column])) for row in rows) for column in range(len(header))
@@ -60,6 +66,8 @@ def token_status() -> None:
         click.echo("  ".join(str(cell).ljust(width) for cell, width in cells))
     for line in attention:
         click.echo(f"needs attention: {line}", err=True)
+    for line in notes:
+        click.echo(f"note: {line}", err=True)
     sys.exit(1 if attention else 0)
 
 
@@ -100,6 +108,11 @@ def token_import(provider: str) -> None:
     try:
         record = PROVIDERS[provider].import_token(token)
         tokens.store_new_connection(provider, record)
+    except TokenInvalidError as err:
+        raise click.ClickException(
+            f"The token was not stored because {provider} rejected it: "
+            f"{err.owner_message}"
+        ) from None
     except (InstagramError, TokenStoreError) as err:
         raise click.ClickException(f"The token was not stored: {err}") from None
     expiry = record["expires_at"] or "unknown until the first refresh"

@@ -223,6 +223,11 @@ class FeedCache:
             )
             self._background.start()
 
+    def refresh_in_background_if_due(self, fetch: Fetch) -> None:
+        """Start a background fetch when one is due, without waiting for it."""
+        if self._due(self.snapshot(), self.clock()):
+            self.refresh_in_background(fetch)
+
     def wait_for_background(self, timeout: float = 30.0) -> None:
         """Wait for this process's background fetch, if any (tests and commands)."""
         thread = self._background

@@ -1,8 +1,9 @@
 """What needs the owner's attention: `/healthz`, the admin banners and `token status`.
 
 A provider needs attention when it is configured but not connected, its token
-was rejected, the token expires within 7 days, its last refresh failed, or its
-feed has had no successful fetch for 24 hours.
+was rejected, the token expires within 7 days (or has expired), or its last
+refresh failed. `/healthz` also reports a feed that has had no successful fetch
+for 24 hours.
 """
 
 from __future__ import annotations
@@ -30,6 +31,11 @@ class Problem:
     code: str
     message: str
     action: str  # "generate", "refresh" or "fetch"
+
+    @property
+    def concerns_token(self) -> bool:
+        """Tell whether the token needs the owner, rather than only the feed."""
+        return self.code != "feed_outdated"
 
 
 def provider_health(
@@ -84,8 +90,15 @@ def problems(
             f"{title} needs you to connect the account again: {error.get('message')}"
         )
         found.append(Problem("reauthorization_required", message, "generate"))
+    elif report["days_left"] is not None and report["days_left"] < 0:
+        # An expired token cannot be refreshed, so only a new login helps.
+        message = (
+            f"The {title} token expired on {report['expires_at'][:10]}. "
+            "Connect the account again."
+        )
+        found.append(Problem("expired", message, "generate"))
     elif report["days_left"] is not None and report["days_left"] < ATTENTION_DAYS:
-        message = f"The {title} token expires in {report['days_left']} days."
+        message = f"The {title} token expires in {_days(report['days_left'])}."
         found.append(Problem("expires_soon", message, "refresh"))
     if record.get("status") == "active" and record.get("refresh_failures"):
         message = f"The last {title} token refresh failed: {error.get('message')}"
@@ -110,6 +123,12 @@ def all_problems() -> list[tuple[str, Problem]]:
     return found
 
 
+def _days(days: int) -> str:
+    if days == 0:
+        return "less than a day"
+    return "1 day" if days == 1 else f"{days} days"
+
+
 def _feed_fetched_at(name: str) -> datetime | None:
     from images import instagram_feed
 
@@ -118,9 +137,22 @@ def _feed_fetched_at(name: str) -> datetime | None:
     return instagram_feed().snapshot().fetched_at
 
 
+def _fetch_due_feeds() -> None:
+    from images import instagram_feed, instagram_fetch
+
+    record = token_store().get("instagram")
+    if record is not None and record.get("status") == "active":
+        instagram_feed().refresh_in_background_if_due(instagram_fetch())
+
+
 @bp.get("/healthz")
 def healthz() -> tuple[Response, int]:
-    """Report each provider's state: 200 when all is well, 503 when degraded."""
+    """Report each provider's state: 200 when all is well, 503 when degraded.
+
+    A feed that is due is fetched in the background, so an uptime monitor keeps
+    it fresh on a site with few visitors.
+    """
+    _fetch_due_feeds()
     moment = now()
     reports = {name: provider_health(name, moment)[0] for name in PROVIDERS}
     degraded = any(report["problems"] for report in reports.values())

@@ -100,7 +100,7 @@ def instagram_fetch(on_page: Callable[[int], None] | None = None) -> Fetch:
             try:
                 raw = client.iter_media(record["access_token"], max_posts, on_page)
             except TokenInvalidError as err:
-                record_token_rejected("instagram", err)
+                record_token_rejected("instagram", err, record["access_token"])
                 raise FeedError("reauthorization_required", err.owner_message) from err
             except RateLimitedError as err:
                 raise FeedError("rate_limited", str(err), err.retry_after) from err

@@ -67,7 +67,7 @@ def send_event(event: str, provider: str, reason: str) -> None:
     thread.start()
 
 
-def wait_for_deliveries(timeout: float = 30.0) -> None:
+def wait_for_deliveries(timeout: float = sum(RETRY_DELAYS) + 30.0) -> None:
     """Wait for webhook deliveries under way, so a command does not exit before them."""
     deadline = time.monotonic() + timeout
     with _deliveries_lock:

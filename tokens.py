@@ -27,7 +27,8 @@ logger = logging.getLogger(__name__)
 
 # Instagram refuses to refresh a token younger than this.
 MIN_TOKEN_AGE = timedelta(hours=24)
-# Background refreshes start at most this often, doubled after each failure.
+# Background refreshes start at most this often. After failures the pause
+# doubles from the second one on (10, 20, 40 ... minutes), up to 6 hours.
 BACKGROUND_INTERVAL = timedelta(minutes=10)
 MAX_BACKGROUND_BACKOFF = timedelta(hours=6)
 # A token that expires within this many days needs the owner's attention.
@@ -80,9 +81,10 @@ def is_due(record: dict[str, Any], moment: datetime, before_days: int) -> bool:
 
 
 def background_wait(record: dict[str, Any]) -> timedelta:
-    """Return the pause between background attempts after this many failures."""
+    """Return the pause before the next background attempt after this many failures."""
     failures = min(int(record.get("refresh_failures") or 0), 10)
-    return min(BACKGROUND_INTERVAL * 2**failures, MAX_BACKGROUND_BACKOFF)
+    doublings = max(failures - 1, 0)
+    return min(BACKGROUND_INTERVAL * 2**doublings, MAX_BACKGROUND_BACKOFF)
 
 
 # --- refreshing -----------------------------------------------------------
@@ -208,12 +210,24 @@ def _record_rejection(
         events.append(("reauthorization_required", err.owner_message))
 
 
-def record_token_rejected(provider: str, err: TokenInvalidError) -> None:
-    """Mark the provider's token as needing a new login after any rejected call."""
+def record_token_rejected(
+    provider: str, err: TokenInvalidError, access_token: str | None = None
+) -> None:
+    """Mark the provider's token as needing a new login after any rejected call.
+
+    Given the `access_token` the call used, the record is marked only while it
+    still contains that token, so a call that started before a reconnection or a
+    refresh cannot mark the new token as rejected.
+    """
     events: list[tuple[str, str]] = []
-    token_store().update(
-        provider, lambda record: _record_rejection(provider, record, err, events)
-    )
+
+    def change(record: dict[str, Any]) -> None:
+        if access_token is not None and record.get("access_token") != access_token:
+            logger.info("Ignored a rejection of a replaced %s token", provider)
+            return
+        _record_rejection(provider, record, err, events)
+
+    token_store().update(provider, change)
     for event, reason in events:
         notify.send_event(event, provider, reason)
 
