@@ -17,8 +17,10 @@ import images
 import media
 import oauth
 import sandbox
+import sandbox_x
 import settings
 import tokens
+import tweets
 from auth import SESSION_LIFETIME
 from extensions import csrf
 from logs import configure_logging
@@ -66,6 +68,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         client_id, client_secret = sandbox.credentials(app.config["SECRET_KEY"])
         app.config["INSTAGRAM_CLIENT_ID"] = client_id
         app.config["INSTAGRAM_CLIENT_SECRET"] = client_secret
+        if not settings.x_configured(app.config):
+            sandbox_keys = sandbox_x.credentials(app.config["SECRET_KEY"])
+            for name, value in sandbox_keys.items():
+                app.config[f"X_{name.upper()}"] = value
 
     # Services: logging, the token store and the clock.
     if not app.testing:
@@ -89,17 +95,19 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(oauth.bp)
     app.register_blueprint(images.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(tweets.bp)
     app.register_blueprint(media.bp)
     app.before_request(_refresh_due_tokens)
     if app.config["OWNFEED_SANDBOX"]:
         app.register_blueprint(sandbox.bp)
+        app.register_blueprint(sandbox_x.bp)
     app.cli.add_command(commands.token_cli)
     app.cli.add_command(commands.feed_cli)
 
 
 def _refresh_due_tokens() -> None:
     """Keep tokens alive from visitors' requests, in the background."""
-    if request.blueprint == "images":
+    if request.blueprint in ("images", "tweets"):
         tokens.refresh_in_background_if_due()
 
 

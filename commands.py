@@ -43,6 +43,8 @@ def token_status() -> None:
     notes: list[str] = []
     for name in PROVIDERS:
         report, problems = provider_health(name, moment)
+        if not report["configured"] and not report["connected"]:
+            continue  # A provider with no keys at all is not in use.
         days = report["days_left"]
         rows.append(
             (

@@ -91,7 +91,8 @@ class Snapshot:
         with self._keys_lock:
             if self._search_keys is None:
                 self._search_keys = [
-                    search_key(post["caption"]) for post in self.posts or []
+                    search_key(post.get("caption", post.get("text")))
+                    for post in self.posts or []
                 ]
             return self._search_keys
 

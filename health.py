@@ -17,7 +17,6 @@ from flask import Blueprint, Response, jsonify
 from providers import PROVIDERS
 from services import now, token_store
 from timeutil import parse_iso, to_iso
-from tokens import ATTENTION_DAYS
 
 bp = Blueprint("health", __name__)
 
@@ -47,7 +46,7 @@ def provider_health(
     record = token_store().get(name)
     feed_at = _feed_fetched_at(name)
     report: dict[str, Any] = {
-        "configured": provider.is_configured(),
+        "configured": provider.is_configured() or provider.works_without_connection(),
         "connected": record is not None,
         "status": record.get("status") if record else None,
         "account": record.get("username") if record else None,
@@ -77,33 +76,48 @@ def problems(
     name: str, report: dict[str, Any], record: dict[str, Any] | None
 ) -> list[Problem]:
     """List what needs the owner for one provider, most urgent first."""
-    title = PROVIDERS[name].title
+    provider = PROVIDERS[name]
+    title = provider.title
     if not report["configured"]:
         return []
-    if record is None:
-        return [Problem("not_connected", f"{title} is not connected.", "generate")]
-
     found = []
+    if record is None and not provider.works_without_connection():
+        return [Problem("not_connected", f"{title} is not connected.", "generate")]
+    if record is None:
+        return _feed_problems(title, report)
+
     error = record.get("last_error") or {}
     if record.get("status") == "reauthorization_required":
         message = (
             f"{title} needs you to connect the account again: {error.get('message')}"
         )
         found.append(Problem("reauthorization_required", message, "generate"))
-    elif report["days_left"] is not None and report["days_left"] < 0:
+    elif (
+        report["days_left"] is not None
+        and report["days_left"] < 0
+        and provider.expiry_is_final(record)
+    ):
         # An expired token cannot be refreshed, so only a new login helps.
         message = (
             f"The {title} token expired on {report['expires_at'][:10]}. "
             "Connect the account again."
         )
         found.append(Problem("expired", message, "generate"))
-    elif report["days_left"] is not None and report["days_left"] < ATTENTION_DAYS:
+    elif (
+        report["days_left"] is not None
+        and report["days_left"] >= 0
+        and timedelta(days=report["days_left"]) < provider.attention_window
+    ):
         message = f"The {title} token expires in {_days(report['days_left'])}."
         found.append(Problem("expires_soon", message, "refresh"))
     if record.get("status") == "active" and record.get("refresh_failures"):
         message = f"The last {title} token refresh failed: {error.get('message')}"
         found.append(Problem("refresh_failing", message, "refresh"))
+    return found + _feed_problems(title, report)
 
+
+def _feed_problems(title: str, report: dict[str, Any]) -> list[Problem]:
+    found = []
     age = report["feed_age_seconds"]
     if age is not None and age > FEED_OUTDATED_AFTER.total_seconds():
         hours = age // 3600
@@ -131,7 +145,10 @@ def _days(days: int) -> str:
 
 def _feed_fetched_at(name: str) -> datetime | None:
     from images import instagram_feed
+    from tweets import x_feed
 
+    if name == "x":
+        return x_feed("timeline").snapshot().fetched_at
     if name != "instagram":
         return None
     return instagram_feed().snapshot().fetched_at

@@ -50,6 +50,7 @@ RENDERED_CACHE_SIZE = 256
 PUBLIC_ERRORS = {
     "not_connected": "not_connected",
     "reauthorization_required": "reauthorization_required",
+    "user_context_required": "user_context_required",
 }
 
 

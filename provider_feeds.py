@@ -16,6 +16,10 @@ PREVIEW_SIZE = 12
 
 def feed_for(provider: str) -> tuple[FeedCache, Fetch] | None:
     """Return the provider's feed cache and a fetch for it, or None if it has none."""
+    if provider == "x":
+        from tweets import x_feed, x_fetch
+
+        return x_feed("timeline"), x_fetch("timeline")
     if provider != "instagram":
         return None
     from images import instagram_feed, instagram_fetch

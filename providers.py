@@ -16,6 +16,7 @@ from flask import current_app, url_for
 from instagram import InstagramError, LongLivedToken, TokenInvalidError
 from services import instagram_client, now
 from timeutil import to_iso
+from x_provider import XProvider
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +47,26 @@ class Provider(Protocol):
     def refresh(self, record: dict[str, Any]) -> dict[str, Any]:
         """Refresh the record's token; return the fields that change."""
 
+    def import_token(self, access_token: str) -> dict[str, Any]:
+        """Check a token made elsewhere and return its record."""
+
+    # Refresh policy: the youngest token the provider refreshes, how long
+    # before expiry a refresh is due, and when an expiry needs the owner.
+    min_refresh_age: timedelta
+    attention_window: timedelta
+
+    def refresh_window(self, before_days: int) -> timedelta:
+        """Return how long before expiry a refresh is due."""
+
+    def can_refresh(self, record: dict[str, Any]) -> bool:
+        """Tell whether the record's token can be refreshed at all."""
+
+    def works_without_connection(self) -> bool:
+        """Tell whether the provider serves posts with no connected account."""
+
+    def expiry_is_final(self, record: dict[str, Any]) -> bool:
+        """Tell whether an expired token can no longer be refreshed."""
+
 
 class InstagramProvider:
     """Instagram API with Instagram Login, for professional accounts."""
@@ -54,6 +75,26 @@ class InstagramProvider:
     title = "Instagram"
     uses_pkce = False
     scope = "instagram_business_basic"
+    # Instagram refuses to refresh a token younger than 24 hours.
+    min_refresh_age = timedelta(hours=24)
+    # A token that expires within this needs the owner's attention.
+    attention_window = timedelta(days=7)
+
+    def refresh_window(self, before_days: int) -> timedelta:
+        """Return how long before expiry a refresh is due (REFRESH_BEFORE_DAYS)."""
+        return timedelta(days=before_days)
+
+    def can_refresh(self, record: dict[str, Any]) -> bool:
+        """Tell whether the record's token can be refreshed (always, on Instagram)."""
+        return True
+
+    def works_without_connection(self) -> bool:
+        """Tell whether the provider serves posts with no connected account."""
+        return False
+
+    def expiry_is_final(self, record: dict[str, Any]) -> bool:
+        """Tell whether an expired token is dead (always: only a new login helps)."""
+        return True
 
     def is_configured(self) -> bool:
         """Tell whether an app ID and secret (or the sandbox's) are set."""
@@ -150,4 +191,7 @@ def instagram_token_record(
     }
 
 
-PROVIDERS: dict[str, Provider] = {"instagram": InstagramProvider()}
+PROVIDERS: dict[str, Provider] = {
+    "instagram": InstagramProvider(),
+    "x": XProvider(),
+}

@@ -16,8 +16,10 @@ from typing import Any
 from flask import current_app, has_request_context, request
 
 import sandbox
+import sandbox_x
 from instagram import Endpoints, InstagramClient
 from token_store import TokenStore
+from x import XClient, XEndpoints
 
 # Where `flask run` listens unless told otherwise; used in sandbox mode when no
 # request says where the server is (the `flask token` and `flask feed` commands).
@@ -31,6 +33,7 @@ class Services:
     token_store: TokenStore
     clock: Callable[[], datetime]
     clients: dict[Endpoints, InstagramClient] = field(default_factory=dict)
+    x_clients: dict[str, XClient] = field(default_factory=dict)
     feeds: dict[str, Any] = field(default_factory=dict)
     # The loopback URL of this server's sandbox, learnt from the last request,
     # for background threads that have no request of their own.
@@ -97,6 +100,41 @@ def instagram_client() -> InstagramClient:
                 config["INSTAGRAM_CLIENT_SECRET"],
             )
             app_services.clients[endpoints] = client
+    return client
+
+
+def x_endpoints() -> XEndpoints:
+    """Return the X endpoint URLs, on this server's X sandbox in sandbox mode."""
+    config = current_app.config
+    if not config["OWNFEED_SANDBOX"]:
+        return XEndpoints(
+            api_url=config["X_API_URL"],
+            authorize_url=config["X_AUTHORIZE_URL"],
+            token_url=config["X_TOKEN_URL"],
+        )
+    endpoints = sandbox_x.endpoints(_sandbox_server_url())
+    if has_request_context():
+        browser_url = request.host_url.rstrip("/")
+        endpoints = replace(
+            endpoints, authorize_url=f"{browser_url}/sandbox/x/i/oauth2/authorize"
+        )
+    return endpoints
+
+
+def x_client() -> XClient:
+    """Return the app's X client for the current endpoints, made once.
+
+    One client per app matters: it remembers each endpoint's rate limit.
+    """
+    endpoints = x_endpoints()
+    app_services = services()
+    with app_services.clients_lock:
+        client = app_services.x_clients.get(endpoints.api_url)
+        if client is None:
+            client = XClient(endpoints, clock=lambda: app_services.clock().timestamp())
+            app_services.x_clients[endpoints.api_url] = client
+        elif client.endpoints != endpoints:
+            client.endpoints = endpoints
     return client
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +23,19 @@ INSTAGRAM_DEFAULTS = {
     "INSTAGRAM_API_VERSION": "v25.0",
 }
 
+X_DEFAULTS = {
+    "X_API_URL": "https://api.x.com",
+    "X_AUTHORIZE_URL": "https://x.com/i/oauth2/authorize",
+    "X_TOKEN_URL": "https://api.x.com/2/oauth2/token",
+}
+# The X keys that configure an X account, in any of the three kinds of auth.
+X_AUTH_KEYS = (
+    "X_BEARER_TOKEN",
+    "X_API_KEY",
+    "X_ACCESS_TOKEN",
+    "X_CLIENT_ID",
+)
+
 STRING_KEYS = (
     "SECRET_KEY",
     "ADMIN_PASSWORD",
@@ -33,6 +47,16 @@ STRING_KEYS = (
     "NOTIFY_WEBHOOK_SECRET",
     "OWNFEED_SANDBOX_URL",
     *INSTAGRAM_DEFAULTS,
+    *X_DEFAULTS,
+    "X_API_KEY",
+    "X_API_SECRET",
+    "X_BEARER_TOKEN",
+    "X_ACCESS_TOKEN",
+    "X_ACCESS_TOKEN_SECRET",
+    "X_CLIENT_ID",
+    "X_CLIENT_SECRET",
+    "X_REDIRECT_URI",
+    "X_USERNAME",
 )
 
 # (key, default, minimum, maximum)
@@ -42,6 +66,9 @@ INTEGER_KEYS = (
     ("REFRESH_BEFORE_DAYS", 30, 1, 59),
     ("SANDBOX_POST_COUNT", 150, 1, 10_000),
     ("MEDIA_CACHE_MAX_MB", 500, 10, 1_000_000),
+    # X bills each post it returns, so its feeds are kept longer and smaller.
+    ("X_CACHE_SECONDS", 3600, 60, 7 * 24 * 3600),
+    ("X_FEED_MAX_POSTS", 100, 5, 3200),
 )
 
 URL_KEYS = (
@@ -51,6 +78,10 @@ URL_KEYS = (
     "INSTAGRAM_REDIRECT_URI",
     "NOTIFY_WEBHOOK_URL",
     "OWNFEED_SANDBOX_URL",
+    "X_API_URL",
+    "X_AUTHORIZE_URL",
+    "X_TOKEN_URL",
+    "X_REDIRECT_URI",
 )
 
 
@@ -60,7 +91,7 @@ class ConfigError(Exception):
 
 def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     """Return the configuration keys found in `environ`, converted to their types."""
-    config: dict[str, Any] = dict(INSTAGRAM_DEFAULTS)
+    config: dict[str, Any] = {**INSTAGRAM_DEFAULTS, **X_DEFAULTS}
     for key in STRING_KEYS:
         value = environ.get(key, "").strip()
         if value:
@@ -108,6 +139,7 @@ def resolve_mode(config: dict[str, Any], instance_path: Path) -> None:
         if config.get(key):
             check_url(key, config[key])
 
+    _check_x(config)
     if config["OWNFEED_SANDBOX"]:
         if not config.get("SECRET_KEY"):
             config["SECRET_KEY"] = _instance_secret_key(instance_path)
@@ -133,6 +165,40 @@ _MISSING_HINTS = {
         "the same across restarts and workers."
     ),
 }
+
+
+def _check_x(config: dict[str, Any]) -> None:
+    """Raise ConfigError when an X key is set without the key it pairs with."""
+    pairs = (
+        ("X_API_KEY", "X_API_SECRET"),
+        ("X_API_SECRET", "X_API_KEY"),
+        ("X_ACCESS_TOKEN", "X_ACCESS_TOKEN_SECRET"),
+        ("X_ACCESS_TOKEN_SECRET", "X_ACCESS_TOKEN"),
+    )
+    for key, partner in pairs:
+        if config.get(key) and not config.get(partner):
+            raise ConfigError(
+                f"{key} is set but {partner} is not. Copy both from the X developer "
+                "console, or remove both."
+            )
+    if config.get("X_ACCESS_TOKEN") and not config.get("X_API_KEY"):
+        raise ConfigError(
+            "X_ACCESS_TOKEN is set but X_API_KEY is not. OAuth 1.0a signing needs the "
+            "app's X_API_KEY and X_API_SECRET as well as the access token and secret."
+        )
+    username = config.get("X_USERNAME")
+    if username and not re.fullmatch(r"@?[A-Za-z0-9_]{1,15}", username):
+        raise ConfigError(
+            f"X_USERNAME is {username!r}. Use an X handle of 1 to 15 letters, digits "
+            "or underscores, such as jack."
+        )
+    if username:
+        config["X_USERNAME"] = username.lstrip("@")
+
+
+def x_configured(config: dict[str, Any]) -> bool:
+    """Tell whether any kind of X auth is configured."""
+    return any(config.get(key) for key in X_AUTH_KEYS)
 
 
 def check_url(key: str, url: str) -> None:

@@ -19,9 +19,10 @@ from flask import current_app, has_request_context
 import notify
 from instagram import InstagramError, TokenInvalidError
 from providers import PROVIDERS
-from services import instagram_endpoints, now, token_store
+from services import instagram_endpoints, now, token_store, x_endpoints
 from timeutil import parse_iso, to_iso
 from token_store import TokenStoreError
+from x_errors import XAuthError, XError
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +35,10 @@ MAX_BACKGROUND_BACKOFF = timedelta(hours=6)
 # A token that expires within this many days needs the owner's attention.
 ATTENTION_DAYS = 7
 HISTORY_SIZE = 10
+
+# Errors that mean only a new login helps, and all errors a provider call raises.
+REJECTED_ERRORS = (TokenInvalidError, XAuthError)
+PROVIDER_ERRORS = (InstagramError, XError)
 
 _background_lock = threading.Lock()
 
@@ -59,25 +64,51 @@ def age_start(record: dict[str, Any]) -> datetime | None:
     return parse_iso(record.get("refreshed_at")) or parse_iso(record.get("obtained_at"))
 
 
-def refresh_allowed_at(record: dict[str, Any]) -> datetime | None:
+def refresh_allowed_at(
+    record: dict[str, Any], min_age: timedelta = MIN_TOKEN_AGE
+) -> datetime | None:
     """Return the first moment the provider accepts a refresh of this token."""
     start = age_start(record)
-    return start + MIN_TOKEN_AGE if start else None
+    return start + min_age if start else None
 
 
-def is_due(record: dict[str, Any], moment: datetime, before_days: int) -> bool:
+def is_due(
+    record: dict[str, Any],
+    moment: datetime,
+    before_days: int,
+    *,
+    min_age: timedelta = MIN_TOKEN_AGE,
+    window: timedelta | None = None,
+) -> bool:
     """Tell whether the token should be refreshed now.
 
-    It is due once it is at least 24 hours old and expires within
-    `before_days`, or when its expiry is unknown.
+    It is due once it is at least `min_age` old (24 hours, Instagram's rule)
+    and expires within `window` (default `before_days`), or when its expiry is
+    unknown.
     """
     if record.get("status") != "active":
         return False
-    allowed_at = refresh_allowed_at(record)
+    allowed_at = refresh_allowed_at(record, min_age)
     if allowed_at is None or moment < allowed_at:
         return False
     expires_at = parse_iso(record.get("expires_at"))
-    return expires_at is None or expires_at - moment <= timedelta(days=before_days)
+    window = window if window is not None else timedelta(days=before_days)
+    return expires_at is None or expires_at - moment <= window
+
+
+def is_due_for(provider: str, record: dict[str, Any], moment: datetime) -> bool:
+    """Apply the provider's own refresh policy (Instagram: days; X: minutes)."""
+    policy = PROVIDERS[provider]
+    if not policy.can_refresh(record):
+        return False
+    before_days = current_app.config["REFRESH_BEFORE_DAYS"]
+    return is_due(
+        record,
+        moment,
+        before_days,
+        min_age=policy.min_refresh_age,
+        window=policy.refresh_window(before_days),
+    )
 
 
 def background_wait(record: dict[str, Any]) -> timedelta:
@@ -123,15 +154,18 @@ def _refresh_locked(
         message = (record.get("last_error") or {}).get("message", "")
         return RefreshResult(provider, "reauthorization_required", message)
 
-    allowed_at = refresh_allowed_at(record)
+    policy = PROVIDERS[provider]
+    if not policy.can_refresh(record):
+        message = f"The {policy.title} token cannot be refreshed; connect again."
+        return RefreshResult(provider, "not_due", message)
+    allowed_at = refresh_allowed_at(record, policy.min_refresh_age)
     if allowed_at is not None and moment < allowed_at:
         message = (
-            f"The token is less than 24 hours old, so {provider} does not refresh it "
-            f"yet. It can be refreshed from {allowed_at:%Y-%m-%d %H:%M} UTC."
+            f"The token is less than 24 hours old, so {policy.title} does not refresh "
+            f"it yet. It can be refreshed from {allowed_at:%Y-%m-%d %H:%M} UTC."
         )
         return RefreshResult(provider, "too_young", message)
-    before_days = current_app.config["REFRESH_BEFORE_DAYS"]
-    if not force and not is_due(record, moment, before_days):
+    if not force and not is_due_for(provider, record, moment):
         return RefreshResult(provider, "not_due", "The token is not due for refresh.")
     if trigger == "background":
         last_try = parse_iso(record.get("refresh_attempted_at"))
@@ -140,12 +174,12 @@ def _refresh_locked(
 
     record["refresh_attempted_at"] = to_iso(moment)
     try:
-        changes = PROVIDERS[provider].refresh(record)
-    except TokenInvalidError as err:
+        changes = policy.refresh(record)
+    except REJECTED_ERRORS as err:
         _record_rejection(provider, record, err, events)
         _remember_attempt(record, moment, trigger, "reauthorization_required", str(err))
-        return RefreshResult(provider, "reauthorization_required", err.owner_message)
-    except InstagramError as err:
+        return RefreshResult(provider, "reauthorization_required", owner_message(err))
+    except PROVIDER_ERRORS as err:
         _record_failure(provider, record, err, moment, events)
         _remember_attempt(record, moment, trigger, "failed", str(err))
         return RefreshResult(provider, "failed", str(err))
@@ -170,7 +204,7 @@ def _refresh_locked(
 def _record_failure(
     provider: str,
     record: dict[str, Any],
-    err: InstagramError,
+    err: Exception,
     moment: datetime,
     events: list[tuple[str, str]],
 ) -> None:
@@ -194,7 +228,7 @@ def _record_failure(
 def _record_rejection(
     provider: str,
     record: dict[str, Any],
-    err: TokenInvalidError,
+    err: Exception,
     events: list[tuple[str, str]],
 ) -> None:
     """Mark the token as needing a new login; log and announce only the change."""
@@ -203,15 +237,15 @@ def _record_rejection(
     record["last_error"] = {
         "at": to_iso(now()),
         "code": _error_code(err),
-        "message": err.owner_message,
+        "message": owner_message(err),
     }
     if changed:
-        logger.error("The %s token was rejected: %s", provider, err.owner_message)
-        events.append(("reauthorization_required", err.owner_message))
+        logger.error("The %s token was rejected: %s", provider, owner_message(err))
+        events.append(("reauthorization_required", owner_message(err)))
 
 
 def record_token_rejected(
-    provider: str, err: TokenInvalidError, access_token: str | None = None
+    provider: str, err: Exception, access_token: str | None = None
 ) -> None:
     """Mark the provider's token as needing a new login after any rejected call.
 
@@ -259,10 +293,22 @@ def _remember_attempt(
     record["refresh_attempts"] = attempts[:HISTORY_SIZE]
 
 
-def _error_code(err: InstagramError) -> str:
-    if err.code is None:
+def owner_message(err: Exception) -> str:
+    """Say in the owner's words why a token was rejected and what to do."""
+    message = getattr(err, "owner_message", None)
+    if message:
+        return message
+    return (
+        f"X rejected the connection ({err}). "
+        "Connect the account again from /admin/generate."
+    )
+
+
+def _error_code(err: Exception) -> str:
+    if getattr(err, "code", None) is None:
         return type(err).__name__
-    return f"{err.code}/{err.subcode}" if err.subcode else str(err.code)
+    subcode = getattr(err, "subcode", None)
+    return f"{err.code}/{subcode}" if subcode else str(err.code)
 
 
 # --- the background trigger -----------------------------------------------
@@ -275,9 +321,8 @@ def refresh_in_background_if_due() -> None:
     refresh itself checks again under the lock.
     """
     moment = now()
-    before_days = current_app.config["REFRESH_BEFORE_DAYS"]
     for provider, record in token_store().all().items():
-        if provider not in PROVIDERS or not is_due(record, moment, before_days):
+        if provider not in PROVIDERS or not is_due_for(provider, record, moment):
             continue
         last_try = parse_iso(record.get("refresh_attempted_at"))
         if last_try is not None and moment - last_try < background_wait(record):
@@ -290,6 +335,7 @@ def _start_background_refresh(provider: str) -> None:
     if has_request_context():
         # Learn the sandbox's loopback address from this request for the thread.
         instagram_endpoints()
+        x_endpoints()
     if not _background_lock.acquire(blocking=False):
         return
 

@@ -1,0 +1,375 @@
+"""The X blueprint: `/tweets`, `/tweets/search`, `/tweets/liked` and `/tweets/embed`.
+
+Each view is a feed cache like `/images`, because X bills each post it returns:
+the timeline (one cache per `exclude` choice), the liked posts, and one cache per
+recent-search query, all fetched server side at most every X_CACHE_SECONDS and
+served stale when X fails.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, current_app, render_template, request
+
+import search
+import x_provider
+from feed import FeedCache, FeedError, Fetch, Fetched, Snapshot
+from images import (
+    ParameterError,
+    add_cors,
+    cacheable_response,
+    decode_cursor,
+    embed_policy,
+    error_response,
+    next_page_url,
+    parse_format,
+    parse_limit,
+    rendered_cache,
+    unavailable_response,
+)
+from services import now, services, token_store, x_client
+from timeutil import to_iso
+from tokens import record_token_rejected
+from x_errors import XAuthError, XError, XRateLimitedError
+
+logger = logging.getLogger(__name__)
+
+bp = Blueprint("tweets", __name__)
+bp.after_request(add_cors)
+
+VIEWS = ("timeline", "search", "liked")
+MAX_SEARCH_QUERY = 512
+EXCLUDE_VALUES = ("replies", "retweets")
+# Search feeds kept in memory at once; each distinct query is its own feed.
+MAX_SEARCH_FEEDS = 32
+
+
+# --- feeds ----------------------------------------------------------------
+
+
+def x_feed(key: str) -> FeedCache:
+    """Return the feed cache named `key` (such as "timeline"), created on first use."""
+    app_services = services()
+    name = f"x-{key}"
+    with app_services.clients_lock:
+        cache = app_services.feeds.get(name)
+        if cache is None:
+            path = Path(current_app.instance_path) / f"feed-{name}.json"
+            ttl = current_app.config["X_CACHE_SECONDS"]
+            cache = FeedCache(path, app_services.clock, ttl)
+            app_services.feeds[name] = cache
+            _forget_old_search_feeds(app_services.feeds)
+    return cache
+
+
+def _forget_old_search_feeds(feeds: dict[str, Any]) -> None:
+    """Keep at most MAX_SEARCH_FEEDS search caches in memory, oldest out first."""
+    names = [name for name in feeds if name.startswith("x-search-")]
+    for name in names[: max(0, len(names) - MAX_SEARCH_FEEDS)]:
+        del feeds[name]
+
+
+def x_fetch(view: str, query: str | None = None, exclude: str | None = None) -> Fetch:
+    """Prepare a fetch of one X view that can run outside this request."""
+    app = current_app._get_current_object()
+    client = x_client()
+    max_posts = app.config["X_FEED_MAX_POSTS"]
+
+    def fetch() -> Fetched:
+        with app.app_context():
+            try:
+                return _fetch(client, view, query, exclude, max_posts)
+            except XRateLimitedError as err:
+                wait = max(1, int(err.reset_at - now().timestamp()))
+                raise FeedError("rate_limited", err.message, wait) from err
+            except XAuthError as err:
+                _note_rejection(err)
+                raise FeedError("auth_failed", err.message) from err
+            except XError as err:
+                raise FeedError("upstream_unavailable", err.message) from err
+
+    return fetch
+
+
+def _fetch(
+    client: Any, view: str, query: str | None, exclude: str | None, max_posts: int
+) -> Fetched:
+    if view == "search":
+        auth = x_provider.any_auth()
+        _require(auth, "not_connected", _NOT_CONFIGURED)
+        items = client.iter_pages(
+            lambda token, size: client.search_recent(
+                auth, query, max_results=size, next_token=token
+            ),
+            max_posts,
+        )
+        return Fetched(_newest_first(items), {"query": query})
+
+    if view == "liked":
+        auth = x_provider.user_auth()
+        _require(
+            auth, "user_context_required", x_provider.liked_needs_user_context().message
+        )
+        user = client.get_me(auth)
+        items = client.iter_pages(
+            lambda token, size: client.get_liked(
+                auth, user["id"], max_results=size, pagination_token=token
+            ),
+            max_posts,
+        )
+        return Fetched(_newest_first(items), _account(user))
+
+    auth = x_provider.any_auth()
+    _require(auth, "not_connected", _NOT_CONFIGURED)
+    user = _timeline_user(client, auth)
+    items = client.iter_pages(
+        lambda token, size: client.get_timeline(
+            auth, user["id"], max_results=size, pagination_token=token, exclude=exclude
+        ),
+        max_posts,
+    )
+    return Fetched(_newest_first(items), _account(user))
+
+
+_NOT_CONFIGURED = (
+    "No X account is configured. Set X_BEARER_TOKEN, or X_API_KEY and X_API_SECRET "
+    "(with X_USERNAME), or connect an account from /admin/generate with X_CLIENT_ID."
+)
+
+
+def _require(auth: Any, code: str, message: str) -> None:
+    if auth is None:
+        raise FeedError(code, message)
+
+
+def _timeline_user(client: Any, auth: Any) -> dict[str, Any]:
+    """Return the account whose timeline is shown: X_USERNAME, else the owner's."""
+    username = current_app.config.get("X_USERNAME")
+    if username:
+        return client.get_user_by_username(auth, username)
+    user_auth = x_provider.user_auth()
+    if user_auth is None:
+        raise FeedError(
+            "not_connected",
+            "Set X_USERNAME to the account whose posts /tweets shows; app-only auth "
+            "has no account of its own.",
+        )
+    return client.get_me(user_auth)
+
+
+def _account(user: dict[str, Any]) -> dict[str, Any]:
+    return {"username": user.get("username"), "id": user.get("id")}
+
+
+def _newest_first(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    unique = {item["id"]: item for item in items}
+    return sorted(
+        unique.values(),
+        key=lambda item: (item.get("created_at") or "", int(item["id"])),
+        reverse=True,
+    )
+
+
+def _note_rejection(err: XAuthError) -> None:
+    """Mark an OAuth 2.0 connection as needing a new login when X rejected it."""
+    record = token_store().get("x")
+    if (
+        record is not None
+        and record.get("status") == "active"
+        and err.code in (89, None)
+    ):
+        if err.status == 401:
+            record_token_rejected("x", err, record.get("access_token"))
+
+
+# --- parameters -----------------------------------------------------------
+
+
+def _parse_exclude(text: str | None) -> str | None:
+    if not text:
+        return None
+    values = sorted({part.strip().lower() for part in text.split(",") if part.strip()})
+    unknown = [value for value in values if value not in EXCLUDE_VALUES]
+    if unknown:
+        raise ParameterError(
+            "exclude",
+            "exclude must be a comma list of replies and retweets; "
+            f"got {unknown[0][:20]!r}.",
+        )
+    return ",".join(values) or None
+
+
+def _parse_search_query(text: str | None) -> str:
+    query = (text or "").strip()
+    if not query:
+        raise ParameterError(
+            "q", "q is required: the X search query, up to 512 characters."
+        )
+    if len(query) > MAX_SEARCH_QUERY:
+        raise ParameterError(
+            "q", f"q must be at most {MAX_SEARCH_QUERY} characters; got {len(query)}."
+        )
+    return query
+
+
+def _parse_local_query() -> search.Query | None:
+    try:
+        return search.parse_query(request.args.get("q"))
+    except search.QueryError as err:
+        raise ParameterError(err.parameter, err.message) from None
+
+
+def _parse_view(text: str | None) -> str:
+    if not text:
+        return "timeline"
+    if text not in VIEWS:
+        raise ParameterError(
+            "view", f"view must be timeline, search or liked; got {text[:20]!r}."
+        )
+    return text
+
+
+# --- responses ------------------------------------------------------------
+
+
+def tweets_response(view: str, embed: bool = False) -> Response:
+    """Build the response for one X view from its cached feed."""
+    page_format = "html" if embed else None
+    try:
+        limit = parse_limit(request.args.get("limit"))
+        cursor = decode_cursor(request.args.get("after"))
+        page_format = page_format or parse_format(request.args.get("format"))
+        if view == "search":
+            query, local_query, exclude = (
+                _parse_search_query(request.args.get("q")),
+                None,
+                None,
+            )
+            cache = x_feed("search-" + hashlib.sha256(query.encode()).hexdigest()[:24])
+        else:
+            query, local_query = None, _parse_local_query()
+            exclude = (
+                _parse_exclude(request.args.get("exclude"))
+                if view == "timeline"
+                else None
+            )
+            cache = x_feed(
+                view if not exclude else f"{view}-{exclude.replace(',', '-')}"
+            )
+    except ParameterError as err:
+        return error_response(400, "invalid_parameter", err.message, err.parameter)
+
+    try:
+        snapshot = cache.get(x_fetch(view, query, exclude))
+    except FeedError as err:
+        return unavailable_response(err, "embed" if embed else "tweets", page_format)
+    stale = snapshot.is_stale(now(), cache.ttl)
+
+    key = (
+        "tweets",
+        view,
+        embed,
+        page_format,
+        snapshot.version,
+        stale,
+        request.host_url,
+        tuple(sorted(request.args.items(multi=True))),
+    )
+    rendered = rendered_cache()
+    entry = rendered.get(key)
+    if entry is None:
+        page, last = _select_page(snapshot, local_query, cursor, limit)
+        next_url = next_page_url(_encode_cursor(last)) if last is not None else None
+        body = _render(view, embed, page_format, snapshot, page, next_url, stale)
+        entry = (body, hashlib.sha256(body).hexdigest()[:32])
+        rendered.put(key, entry)
+    response = cacheable_response(*entry, page_format)
+    if embed:
+        response.headers["Content-Security-Policy"] = embed_policy()
+    return response
+
+
+def _select_page(
+    snapshot: Snapshot,
+    query: search.Query | None,
+    cursor: tuple[str, str] | None,
+    limit: int,
+) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+    posts = search.filter_posts(
+        snapshot.posts or [], snapshot.search_keys(), query, None
+    )
+    if cursor is not None:
+        cursor_key = (cursor[0], int(cursor[1]))
+        posts = [
+            post
+            for post in posts
+            if (post.get("created_at") or "", int(post["id"])) < cursor_key
+        ]
+    page = posts[:limit]
+    return page, (page[-1] if len(posts) > limit and page else None)
+
+
+def _encode_cursor(post: dict[str, Any]) -> str:
+    raw = f"{post.get('created_at') or ''}|{post['id']}".encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _render(
+    view: str,
+    embed: bool,
+    page_format: str,
+    snapshot: Snapshot,
+    page: list[dict[str, Any]],
+    next_url: str | None,
+    stale: bool,
+) -> bytes:
+    if page_format == "json":
+        document = {
+            "data": page,
+            "paging": {"next": next_url},
+            "account": {"username": snapshot.account.get("username")},
+            "fetched_at": to_iso(snapshot.fetched_at),
+            "stale": stale,
+        }
+        if view == "search":
+            document["query"] = snapshot.account.get("query")
+        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+    template = "feed/tweets_embed.html" if embed else "feed/tweets.html"
+    return render_template(template, tweets=page, next_url=next_url).encode()
+
+
+# --- routes ---------------------------------------------------------------
+
+
+@bp.get("/tweets")
+def timeline() -> Response:
+    """Serve the timeline of X_USERNAME (or the connected account)."""
+    return tweets_response("timeline")
+
+
+@bp.get("/tweets/search")
+def search_recent() -> Response:
+    """Serve X's recent search for `q`, cached per query."""
+    return tweets_response("search")
+
+
+@bp.get("/tweets/liked")
+def liked() -> Response:
+    """Serve the owner's liked posts (user context only)."""
+    return tweets_response("liked")
+
+
+@bp.get("/tweets/embed")
+def embed() -> Response:
+    """Serve a whole HTML page of one view for an iframe; `view` picks it."""
+    try:
+        view = _parse_view(request.args.get("view"))
+    except ParameterError as err:
+        return error_response(400, "invalid_parameter", err.message, err.parameter)
+    return tweets_response(view, embed=True)
