@@ -12,6 +12,7 @@ from flask import Flask, render_template, request
 from flask_wtf.csrf import CSRFError
 
 import commands
+import hardening
 import health
 import images
 import media
@@ -58,6 +59,10 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
         # Flask-WTF tokens last as long as the admin session, not 1 hour, so a
         # login form left open does not fail.
         WTF_CSRF_TIME_LIMIT=None,
+        # Flask-WTF's HTTPS check needs a Referer header, which the admin pages'
+        # Referrer-Policy: no-referrer withholds; the session-bound token (with
+        # SameSite=Lax cookies) is the protection.
+        WTF_CSRF_SSL_STRICT=False,
         SESSION_COOKIE_HTTPONLY=True,
         SESSION_COOKIE_SAMESITE="Lax",
         PERMANENT_SESSION_LIFETIME=SESSION_LIFETIME,
@@ -77,11 +82,15 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     if not app.testing:
         configure_logging()
     app.extensions["ownfeed"] = Services(
-        token_store=TokenStore(Path(app.instance_path) / "tokens.json"),
+        token_store=TokenStore(
+            Path(app.instance_path) / "tokens.json",
+            encryption_key=app.config.get("TOKEN_ENCRYPTION_KEY"),
+        ),
         clock=config.get("CLOCK", utc_now),
     )
     app.extensions["ownfeed_clock"] = app.extensions["ownfeed"].clock
     csrf.init_app(app)
+    hardening.init_app(app)
 
     # Blueprints.
     register_blueprints(app)

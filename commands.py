@@ -14,8 +14,9 @@ import tokens
 from health import provider_health
 from instagram import InstagramError, TokenInvalidError
 from providers import PROVIDERS
-from services import now
+from services import now, token_store
 from token_store import TokenStoreError
+from x_errors import XError
 
 token_cli = AppGroup("token", help="Inspect, refresh and import provider tokens.")
 feed_cli = AppGroup("feed", help="Fetch the cached feeds.")
@@ -115,12 +116,35 @@ def token_import(provider: str) -> None:
             f"The token was not stored because {provider} rejected it: "
             f"{err.owner_message}"
         ) from None
-    except (InstagramError, TokenStoreError) as err:
+    except (InstagramError, XError, TokenStoreError) as err:
         raise click.ClickException(f"The token was not stored: {err}") from None
     expiry = record["expires_at"] or "unknown until the first refresh"
     account = record["username"]
     click.echo(f"Stored the {provider} token for @{account}; expires {expiry}.")
     notify.wait_for_deliveries()
+
+
+@token_cli.command("encrypt")
+def token_encrypt() -> None:
+    """Encrypt the token file with TOKEN_ENCRYPTION_KEY (Fernet)."""
+    try:
+        token_store().rewrite(encrypted=True)
+    except TokenStoreError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(f"Encrypted {token_store().path}.")
+
+
+@token_cli.command("decrypt")
+def token_decrypt() -> None:
+    """Write the token file back as plain JSON (TOKEN_ENCRYPTION_KEY must be set)."""
+    try:
+        token_store().rewrite(encrypted=False)
+    except TokenStoreError as err:
+        raise click.ClickException(str(err)) from None
+    click.echo(
+        f"Decrypted {token_store().path}. Remove TOKEN_ENCRYPTION_KEY, or the next "
+        "write encrypts it again."
+    )
 
 
 @feed_cli.command("refresh")

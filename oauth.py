@@ -37,7 +37,7 @@ import health
 import provider_feeds
 import tokens
 from instagram import InstagramError
-from providers import PROVIDERS, Provider
+from providers import PROVIDERS, Provider, RedirectUriError
 from services import instance_file, now, token_store
 from timeutil import parse_iso, to_iso
 from token_store import TokenStoreError, file_lock, write_json_atomic
@@ -257,7 +257,10 @@ def start_authorization(provider: str) -> Response:
         _record_attempt(chosen, False, f"{chosen.title} is not configured.")
         return redirect(url_for("admin.summary"), code=303)
 
-    redirect_uri = chosen.redirect_uri()
+    try:
+        redirect_uri = chosen.redirect_uri()
+    except RedirectUriError as err:
+        return _fail(chosen, str(err))
     state, challenge = PendingAuthorizations().begin(
         chosen, auth.session_binding(), redirect_uri
     )

@@ -105,10 +105,7 @@ class InstagramProvider:
 
     def redirect_uri(self) -> str:
         """Return INSTAGRAM_REDIRECT_URI, or this server's callback URL."""
-        configured = current_app.config.get("INSTAGRAM_REDIRECT_URI")
-        if configured:
-            return configured
-        return url_for("admin.callback", provider=self.name, _external=True)
+        return callback_url(self.name, "INSTAGRAM_REDIRECT_URI")
 
     def authorization_url(
         self, state: str, redirect_uri: str, code_challenge: str | None = None
@@ -161,6 +158,29 @@ class InstagramProvider:
         except InstagramError as err:
             logger.warning("Imported token not refreshed yet, expiry unknown: %s", err)
         return record
+
+
+class RedirectUriError(ValueError):
+    """No redirect URI is configured, and the Host header cannot be trusted."""
+
+
+def callback_url(provider: str, key: str) -> str:
+    """Return the configured redirect URI, or build it from a trusted host.
+
+    Outside the sandbox the URL is built from the request's Host header only
+    when TRUSTED_HOSTS lists the hosts Flask accepts, so a spoofed Host cannot
+    send the code elsewhere. Raises RedirectUriError otherwise.
+    """
+    config = current_app.config
+    if config.get(key):
+        return config[key]
+    if not config["OWNFEED_SANDBOX"] and not config.get("TRUSTED_HOSTS"):
+        raise RedirectUriError(
+            f"{key} is not set. Set it to the exact redirect URI registered with the "
+            "provider (or list this site's host in TRUSTED_HOSTS); ownfeed does not "
+            "build it from an unchecked Host header."
+        )
+    return url_for("admin.callback", provider=provider, _external=True)
 
 
 def instagram_token_record(

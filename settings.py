@@ -69,6 +69,8 @@ INTEGER_KEYS = (
     # X bills each post it returns, so its feeds are kept longer and smaller.
     ("X_CACHE_SECONDS", 3600, 60, 7 * 24 * 3600),
     ("X_FEED_MAX_POSTS", 100, 5, 3200),
+    # How many reverse proxies in front of ownfeed set X-Forwarded-* headers.
+    ("TRUSTED_PROXIES", 0, 0, 5),
 )
 
 URL_KEYS = (
@@ -106,6 +108,10 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     config["SANDBOX_TOKEN_RESPONSE"] = environ.get("SANDBOX_TOKEN_RESPONSE", "flat")
     config["MEDIA_PROXY"] = _read_switch(environ, "MEDIA_PROXY", default=True)
     config["MEDIA_WIDTHS"] = _read_widths(environ.get("MEDIA_WIDTHS", ""))
+    hosts = [host.strip() for host in environ.get("TRUSTED_HOSTS", "").split(",")]
+    config["TRUSTED_HOSTS"] = [host for host in hosts if host] or None
+    key = environ.get("TOKEN_ENCRYPTION_KEY", "").strip()
+    config["TOKEN_ENCRYPTION_KEY"] = key or None
     return config
 
 
@@ -140,6 +146,7 @@ def resolve_mode(config: dict[str, Any], instance_path: Path) -> None:
             check_url(key, config[key])
 
     _check_x(config)
+    _check_encryption_key(config.get("TOKEN_ENCRYPTION_KEY"))
     if config["OWNFEED_SANDBOX"]:
         if not config.get("SECRET_KEY"):
             config["SECRET_KEY"] = _instance_secret_key(instance_path)
@@ -165,6 +172,22 @@ _MISSING_HINTS = {
         "the same across restarts and workers."
     ),
 }
+
+
+def _check_encryption_key(key: str | None) -> None:
+    """Raise ConfigError unless TOKEN_ENCRYPTION_KEY is unset or a Fernet key."""
+    if not key:
+        return
+    from cryptography.fernet import Fernet
+
+    try:
+        Fernet(key)
+    except ValueError:
+        raise ConfigError(
+            "TOKEN_ENCRYPTION_KEY is not a valid Fernet key (32 bytes, URL-safe "
+            "base64). Make one with `python -c 'from cryptography.fernet import "
+            "Fernet; print(Fernet.generate_key().decode())'`."
+        ) from None
 
 
 def _check_x(config: dict[str, Any]) -> None:

@@ -21,6 +21,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from cryptography.fernet import Fernet, InvalidToken
+
 from timeutil import utc_now
 
 logger = logging.getLogger(__name__)
@@ -124,6 +126,10 @@ def move_aside(path: Path, reason: str) -> Path:
     return aside
 
 
+def _fernet(key: str | None) -> Fernet | None:
+    return Fernet(key) if key else None
+
+
 def _fsync_folder(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -147,8 +153,11 @@ class TokenStore:
     on the next read. Callers get deep copies and cannot change the cache.
     """
 
-    def __init__(self, path: Path | str) -> None:
+    def __init__(self, path: Path | str, encryption_key: str | None = None) -> None:
         self.path = Path(path)
+        # With a key, the providers are stored as one Fernet token (AES-128-CBC
+        # with HMAC-SHA256, from the cryptography package).
+        self._fernet = _fernet(encryption_key)
         self._cached_signature: tuple[int, int, int] | None = None
         self._cached_document: dict[str, Any] | None = None
         self._cache_lock = threading.Lock()
@@ -210,8 +219,54 @@ class TokenStore:
             finally:
                 self._open.documents = []
             if document["providers"] != before:
-                write_json_atomic(self.path, document)
+                write_json_atomic(self.path, self._stored_form(document))
                 self._forget_cache()
+
+    def rewrite(self, encrypted: bool) -> None:
+        """Write the file again, encrypted or in plain JSON (for the commands).
+
+        Reading still needs the key when the file is encrypted now.
+        """
+        with file_lock(self.path):
+            document = self._load_from_disk()
+            if encrypted and self._fernet is None:
+                raise TokenStoreError(
+                    "TOKEN_ENCRYPTION_KEY is not set, so the token file cannot be "
+                    "encrypted. Set it, then run the command again."
+                )
+            stored = self._stored_form(document) if encrypted else document
+            write_json_atomic(self.path, stored)
+            self._forget_cache()
+
+    def is_encrypted_on_disk(self) -> bool:
+        """Tell whether the file on disk holds encrypted providers."""
+        try:
+            return '"encrypted"' in self.path.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError):
+            return False
+
+    def _stored_form(self, document: dict[str, Any]) -> dict[str, Any]:
+        if self._fernet is None:
+            return document
+        plain = json.dumps(document["providers"], sort_keys=True).encode()
+        token = self._fernet.encrypt(plain).decode("ascii")
+        return {"version": SCHEMA_VERSION, "encrypted": token}
+
+    def _decrypt(self, stored: dict[str, Any]) -> dict[str, Any]:
+        if self._fernet is None:
+            raise TokenStoreError(
+                f"{self.path} is encrypted. Set TOKEN_ENCRYPTION_KEY to the key it "
+                "was encrypted with."
+            )
+        try:
+            plain = self._fernet.decrypt(stored["encrypted"].encode("ascii"))
+        except (InvalidToken, UnicodeEncodeError):
+            raise TokenStoreError(
+                f"{self.path} cannot be decrypted with TOKEN_ENCRYPTION_KEY. Set the "
+                "key it was encrypted with; the file was left as it is."
+            ) from None
+        providers = json.loads(plain)
+        return {"version": SCHEMA_VERSION, "providers": providers}
 
     def _document(self) -> dict[str, Any]:
         signature = self._signature()
@@ -249,7 +304,10 @@ class TokenStore:
 
         problem = _document_problem(text)
         if problem is None:
-            return json.loads(text)
+            document = json.loads(text)
+            if "encrypted" in document:
+                return self._decrypt(document)
+            return document
         if problem.startswith("version"):
             raise TokenStoreError(f"{self.path} has {problem}. Upgrade ownfeed.")
         with file_lock(self.path):
@@ -279,9 +337,10 @@ def _document_problem(text: str) -> str | None:
         document = json.loads(text.encode("utf-8", "surrogateescape").decode("utf-8"))
     except ValueError as err:
         return f"invalid JSON: {err}"
-    if not isinstance(document, dict) or not isinstance(
-        document.get("providers"), dict
-    ):
+    if not isinstance(document, dict):
+        return 'no "providers" object'
+    encrypted = isinstance(document.get("encrypted"), str)
+    if not encrypted and not isinstance(document.get("providers"), dict):
         return 'no "providers" object'
     version = document.get("version")
     if version != SCHEMA_VERSION:

@@ -16,7 +16,7 @@ from datetime import timedelta
 from typing import Any
 
 import requests
-from flask import current_app, url_for
+from flask import current_app
 
 from services import now, token_store, x_client
 from timeutil import parse_iso, to_iso
@@ -68,10 +68,9 @@ class XProvider:
 
     def redirect_uri(self) -> str:
         """Return X_REDIRECT_URI, or this server's callback URL."""
-        configured = current_app.config.get("X_REDIRECT_URI")
-        if configured:
-            return configured
-        return url_for("admin.callback", provider=self.name, _external=True)
+        from providers import callback_url
+
+        return callback_url(self.name, "X_REDIRECT_URI")
 
     def authorization_url(
         self, state: str, redirect_uri: str, code_challenge: str | None
@@ -153,7 +152,9 @@ def user_auth() -> requests.auth.AuthBase | None:
     """Return user-context auth: the OAuth 2.0 connection, else OAuth 1.0a keys.
 
     An OAuth 2.0 token about to expire is refreshed first (under the store's
-    lock); a connection that needs a new login is skipped.
+    lock). A connection that needs a new login is skipped, and so is an expired
+    token whose refresh failed: X would reject it with a 401, which would mark
+    a connection whose refresh token still works as needing a new login.
     """
     record = token_store().get("x")
     if record is not None and record.get("status") == "active":
@@ -161,9 +162,13 @@ def user_auth() -> requests.auth.AuthBase | None:
         if expires_at is not None and expires_at - now() < timedelta(minutes=1):
             from tokens import refresh_token
 
-            refresh_token("x", "fetch", force=True)
+            # Not forced: a worker that waited for another's refresh finds the
+            # new token not due and uses it, instead of rotating it again.
+            refresh_token("x", "fetch")
             record = token_store().get("x") or {}
-        if record.get("status") == "active" and record.get("access_token"):
+            expires_at = parse_iso(record.get("expires_at"))
+        usable = expires_at is None or expires_at > now()
+        if record.get("status") == "active" and record.get("access_token") and usable:
             return BearerAuth(record["access_token"])
     config = current_app.config
     if config.get("X_ACCESS_TOKEN") and config.get("X_API_KEY"):
@@ -207,6 +212,30 @@ def app_auth() -> requests.auth.AuthBase | None:
 def any_auth() -> requests.auth.AuthBase | None:
     """Return the auth for calls that accept any: user context first, else app-only."""
     return user_auth() or app_auth()
+
+
+def unusable_connection() -> tuple[str, str] | None:
+    """Say why a stored OAuth 2.0 connection gives no user auth, as (code, message).
+
+    Returns None when there is no connection, so the caller's own message about
+    the missing keys applies.
+    """
+    record = token_store().get("x")
+    if record is None:
+        return None
+    error = (record.get("last_error") or {}).get("message") or "no error was recorded"
+    if record.get("status") == "reauthorization_required":
+        return (
+            "reauthorization_required",
+            f"X rejected the connection ({error}). Connect the X account again from "
+            "/admin/generate/x.",
+        )
+    return (
+        "upstream_unavailable",
+        f"The X access token expired and refreshing it failed ({error}). ownfeed "
+        "tries again on later requests; `flask token refresh --provider x` tries "
+        "at once.",
+    )
 
 
 def liked_needs_user_context() -> XAuthError:

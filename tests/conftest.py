@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import os
 import socket
 import subprocess
@@ -138,6 +140,22 @@ class LiveServer:
         if self.log_file is not None:
             self.log_file.close()
             self.log_file = None
+            SERVER_LOGS.append(self.log_text())
+            self._remember_secrets()
+
+    def _remember_secrets(self) -> None:
+        """Learn the server's own secrets: its session key and stored tokens."""
+        key_file = self.instance_path / "secret_key"
+        if key_file.exists():
+            remember_secret(key_file.read_text().strip())
+        tokens_file = self.instance_path / "tokens.json"
+        try:
+            document = json.loads(tokens_file.read_text())
+        except (OSError, ValueError):
+            return
+        for record in (document.get("providers") or {}).values():
+            for field in SECRET_RECORD_FIELDS:
+                remember_secret(record.get(field))
 
 
 def start_server(
@@ -240,3 +258,93 @@ def page(browser):
     context = browser.new_context()
     yield context.new_page()
     context.close()
+
+
+# --- no secret in any log line of the whole run ---------------------------
+
+# Configuration keys whose values are secrets.
+SECRET_CONFIG_KEYS = (
+    "SECRET_KEY",
+    "ADMIN_PASSWORD",
+    "INSTAGRAM_CLIENT_SECRET",
+    "NOTIFY_WEBHOOK_SECRET",
+    "TOKEN_ENCRYPTION_KEY",
+    "X_API_SECRET",
+    "X_BEARER_TOKEN",
+    "X_ACCESS_TOKEN",
+    "X_ACCESS_TOKEN_SECRET",
+    "X_CLIENT_SECRET",
+)
+# Record fields whose values are secrets.
+SECRET_RECORD_FIELDS = ("access_token", "refresh_token")
+# Shorter values (such as a code "C" in a unit test) would match ordinary text.
+MIN_SECRET_LENGTH = 8
+
+SECRETS: set[str] = set()
+SERVER_LOGS: list[str] = []
+
+
+class _Collector(logging.Handler):
+    """Keeps every formatted log line, after the product's own redaction."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.lines.append(self.format(record))
+        except Exception:  # A broken record must not fail the test that logged it.
+            self.lines.append(str(record.msg))
+
+
+def remember_secret(value: object) -> None:
+    """Add a value that must never appear in any log line of the run."""
+    if isinstance(value, str) and len(value) >= MIN_SECRET_LENGTH:
+        SECRETS.add(value)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def no_secret_in_logs():
+    """Fail the run when any secret it used appears in a log line or server log.
+
+    Secrets are learnt from every app's configuration and from every token
+    record the token store writes.
+    """
+    import app as app_module
+    import token_store
+    from logs import RedactingFilter
+
+    collector = _Collector()
+    collector.addFilter(RedactingFilter())
+    root = logging.getLogger()
+    root.addHandler(collector)
+
+    original_create_app = app_module.create_app
+    original_stored_form = token_store.TokenStore._stored_form
+
+    def recording_create_app(test_config=None):
+        created = original_create_app(test_config)
+        for key in SECRET_CONFIG_KEYS:
+            remember_secret(created.config.get(key))
+        return created
+
+    def recording_stored_form(self, document):
+        for record in document.get("providers", {}).values():
+            for field in SECRET_RECORD_FIELDS:
+                remember_secret(record.get(field))
+        return original_stored_form(self, document)
+
+    app_module.create_app = recording_create_app
+    token_store.TokenStore._stored_form = recording_stored_form
+    remember_secret(TEST_PASSWORD)
+    yield
+    app_module.create_app = original_create_app
+    token_store.TokenStore._stored_form = original_stored_form
+    root.removeHandler(collector)
+
+    texts = collector.lines + SERVER_LOGS
+    leaks = sorted(
+        {secret[:4] + "…" for secret in SECRETS for text in texts if secret in text}
+    )
+    assert not leaks, f"secrets starting with {leaks} appear in the logs of this run"
