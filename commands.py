@@ -156,12 +156,16 @@ def feed_refresh(provider: str) -> None:
     feed = provider_feeds.feed_for(provider)
     if feed is None:
         raise click.ClickException(f"{provider} has no feed.")
-    cache, _ = feed
-    max_posts = current_app.config["FEED_MAX_POSTS"]
-    with click.progressbar(length=max_posts, label="Fetching posts") as progress:
+    cache, fetch = feed
+    if provider == "instagram":
         from images import instagram_fetch
 
-        snapshot = cache.refresh_now(instagram_fetch(on_page=progress.update))
+        max_posts = current_app.config["FEED_MAX_POSTS"]
+        with click.progressbar(length=max_posts, label="Fetching posts") as progress:
+            snapshot = cache.refresh_now(instagram_fetch(on_page=progress.update))
+    else:
+        click.echo(f"Fetching the {provider} timeline...")
+        snapshot = cache.refresh_now(fetch)
     if snapshot.failed_at is not None:
         message = (snapshot.last_error or {}).get("message")
         raise click.ClickException(f"Fetching the {provider} feed failed: {message}")
