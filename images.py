@@ -101,14 +101,26 @@ def instagram_fetch(on_page: Callable[[int], None] | None = None) -> Fetch:
             try:
                 raw = client.iter_media(record["access_token"], max_posts, on_page)
             except TokenInvalidError as err:
+                # record_token_rejected logs the rejection as an error.
                 record_token_rejected("instagram", err, record["access_token"])
-                raise FeedError("reauthorization_required", err.owner_message) from err
+                raise FeedError(
+                    "reauthorization_required", err.owner_message, reported=True
+                ) from err
             except RateLimitedError as err:
                 raise FeedError("rate_limited", str(err), err.retry_after) from err
             except InstagramError as err:
                 raise FeedError("upstream_unavailable", str(err)) from err
+            posts = normalize_posts(raw)
+            if raw and not posts:
+                # Saving would replace the kept posts with an empty feed.
+                raise FeedError(
+                    "upstream_unavailable",
+                    f"Instagram sent {len(raw)} posts and none could be read (each "
+                    "lacks an id or a known media_type), so the saved feed was "
+                    "kept. Check INSTAGRAM_API_VERSION and try again later.",
+                )
             account = {"username": record.get("username")}
-            return Fetched(normalize_posts(raw), account)
+            return Fetched(posts, account)
 
     return fetch
 
@@ -284,6 +296,8 @@ def feed_response(view: str, page_format: str | None = None) -> Response:
         page, last = select_page(snapshot, query, types, cursor, limit)
         if current_app.config["MEDIA_PROXY"]:
             page = [media.proxied_post(post) for post in page]
+        else:
+            page = [media.unproxied_post(post) for post in page]
         next_url = None
         if last is not None:
             next_url = next_page_url(encode_cursor(last))

@@ -14,6 +14,8 @@ import io
 import logging
 import os
 import re
+import stat
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ DOWNLOAD_TIMEOUT = (3.05, 15.0)
 BROWSER_CACHE_SECONDS = 30 * 24 * 3600
 JPEG_QUALITY = 85
 _ID = re.compile(r"[0-9]{1,32}")
+# ASCII digits without a leading zero, so each size has exactly one URL.
+_WIDTH = re.compile(r"[1-9][0-9]{0,4}")
 
 _session = requests.Session()
 
@@ -74,6 +78,13 @@ def proxied_post(post: dict[str, Any]) -> dict[str, Any]:
     public["children"] = [
         _proxied_child(post["id"], child) for child in post["children"]
     ]
+    return public
+
+
+def unproxied_post(post: dict[str, Any]) -> dict[str, Any]:
+    """Return the post with Instagram's own URLs and empty `sizes` maps."""
+    public = dict(post, sizes={})
+    public["children"] = [dict(child, sizes={}) for child in post["children"]]
     return public
 
 
@@ -120,33 +131,46 @@ def image_sources(post: dict[str, Any]) -> dict[str, str | None]:
 # --- routes ---------------------------------------------------------------
 
 
-@bp.get("/<post_id>/<int:width>.jpg")
-def image(post_id: str, width: int) -> Response:
+# The width is matched as text, not with the `int` converter, whose `\d+` also
+# takes leading zeros and non-ASCII digits such as "١٥٠".
+@bp.get("/<post_id>/<width>.jpg")
+def image(post_id: str, width: str) -> Response:
     """Serve a kept post's still image at one of the configured widths."""
     return _serve(post_id, None, width)
 
 
-@bp.get("/<post_id>/<child_id>/<int:width>.jpg")
-def child_image(post_id: str, child_id: str, width: int) -> Response:
+@bp.get("/<post_id>/<child_id>/<width>.jpg")
+def child_image(post_id: str, child_id: str, width: str) -> Response:
     """Serve an album child's still image at one of the configured widths."""
     return _serve(post_id, child_id, width)
 
 
-def _serve(post_id: str, child_id: str | None, width: int) -> Response:
+def _serve(post_id: str, child_id: str | None, width_text: str) -> Response:
     if not _ID.fullmatch(post_id) or (
         child_id is not None and not _ID.fullmatch(child_id)
     ):
         abort(404)
-    if width not in widths():
+    if not _WIDTH.fullmatch(width_text) or int(width_text) not in widths():
         abort(404)
+    width = int(width_text)
 
     import media_sources
 
+    # Checked on every request, so files of a post that left the feed (deleted
+    # on Instagram, or past FEED_MAX_POSTS) are no longer served from disk.
+    try:
+        media_sources.still_url(media_sources.find_post(post_id), child_id)
+    except media_sources.NotInFeed:
+        abort(404)
+
     slot = media_folder() / post_id / (child_id or "post")
     sized = slot / f"{width}.jpg"
-    if not sized.exists():
+    # Marking fails when the file is missing, including when another request
+    # evicted it after an earlier check.
+    if not _mark_used(sized):
         try:
             source = media_sources.ensure_source(post_id, child_id, slot)
+            _write_resized(source, sized, width)
         except media_sources.NotInFeed:
             abort(404)
         except MediaError as err:
@@ -156,10 +180,9 @@ def _serve(post_id: str, child_id: str | None, width: int) -> Response:
             response = Response(str(err), status=502, mimetype="text/plain")
             response.headers["Cache-Control"] = "no-store"
             return response
-        _write_resized(source, sized, width)
-        enforce_limit()
+        enforce_limit(keep=sized)
+        _mark_used(sized)
 
-    _mark_used(sized)
     response = send_file(
         sized,
         mimetype="image/jpeg",
@@ -174,11 +197,14 @@ def _serve(post_id: str, child_id: str | None, width: int) -> Response:
 # --- downloading and resizing ---------------------------------------------
 
 
-def download_image(url: str, max_bytes: int = MAX_DOWNLOAD_BYTES) -> bytes:
+def download_image(url: str, max_bytes: int | None = None) -> bytes:
     """Download an image, checking its size, content type and that it decodes.
 
-    Raises SourceExpired on 403 or 404 and MediaError on anything else wrong.
+    `max_bytes` defaults to MAX_DOWNLOAD_BYTES. Raises SourceExpired on 403 or
+    404 and MediaError on anything else wrong.
     """
+    if max_bytes is None:
+        max_bytes = MAX_DOWNLOAD_BYTES
     if not url.startswith(("https://", "http://")):
         raise MediaError("The image URL is not http(s).")
     try:
@@ -216,7 +242,11 @@ def _read_limited(response: requests.Response, max_bytes: int) -> bytes:
 
 
 def check_image(body: bytes) -> None:
-    """Raise MediaError unless `body` decodes as a JPEG, PNG or WebP image."""
+    """Raise MediaError unless `body` decodes as a JPEG, PNG or WebP image.
+
+    The whole image is decoded, because `verify()` checks little more than the
+    header of a JPEG and lets a truncated one through.
+    """
     try:
         with Image.open(io.BytesIO(body)) as probe:
             if probe.format not in ("JPEG", "PNG", "WEBP"):
@@ -226,7 +256,17 @@ def check_image(body: bytes) -> None:
                     f"The image is {probe.width}x{probe.height}, too large."
                 )
             probe.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
+        with Image.open(io.BytesIO(body)) as image:
+            image.load()
+    except UnidentifiedImageError:
+        raise MediaError(
+            "The downloaded file is not a JPEG, PNG or WebP image."
+        ) from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # Pillow raises the error past 2 * MAX_IMAGE_PIXELS, and the warning
+        # past MAX_IMAGE_PIXELS when warnings are turned into errors.
+        raise MediaError(f"The image is too large: {err}") from None
+    except (OSError, SyntaxError, ValueError) as err:
         raise MediaError(f"The image could not be decoded ({err}).") from None
 
 
@@ -255,46 +295,76 @@ def _flatten(image: Image.Image) -> Image.Image:
 
 
 def _write_resized(source: Path, sized: Path, width: int) -> None:
+    """Write the sized copy, or remove a source that does not decode and raise."""
     with file_lock(sized):
         if sized.exists():
             return
-        data = resize(source.read_bytes(), width)
+        if not _mark_used(source):
+            raise MediaError(
+                "The downloaded image was evicted before it was resized. Try again."
+            )
+        try:
+            data = resize(source.read_bytes(), width)
+        except (Image.DecompressionBombError, OSError, SyntaxError, ValueError) as err:
+            source.unlink(missing_ok=True)
+            raise MediaError(f"The kept image could not be decoded ({err}).") from None
         write_bytes_atomic(sized, data)
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Replace `path` with `data`, so a reader never sees a partial image."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    temp.write_bytes(data)
-    os.replace(temp, path)
+    fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as temp:
+            temp.write(data)
+        os.replace(temp_name, path)
+    except BaseException:
+        Path(temp_name).unlink(missing_ok=True)
+        raise
 
 
 # --- disk limit -----------------------------------------------------------
 
 
-def _mark_used(path: Path) -> None:
-    """Set the file's access time to now; eviction goes by access time.
+def _mark_used(path: Path) -> bool:
+    """Set the file's access time to now, or return False when it does not exist.
 
-    The modification time is left alone, because the ETag and Last-Modified
-    headers are built from it.
+    Eviction goes by access time. The modification time is left alone, because
+    the ETag and Last-Modified headers are built from it.
     """
-    status = path.stat()
-    os.utime(path, ns=(time.time_ns(), status.st_mtime_ns))
+    try:
+        status = path.stat()
+        os.utime(path, ns=(time.time_ns(), status.st_mtime_ns))
+    except FileNotFoundError:
+        return False
+    return True
 
 
-def enforce_limit() -> None:
-    """Evict the least recently used files until the folder fits MEDIA_CACHE_MAX_MB."""
+def enforce_limit(keep: Path | None = None) -> None:
+    """Evict the least recently used files until the folder fits MEDIA_CACHE_MAX_MB.
+
+    `keep`, the file about to be served, counts towards the total but is never
+    evicted.
+    """
     limit = current_app.config.get("MEDIA_CACHE_MAX_MB", 500) * 1024 * 1024
     folder = media_folder()
-    files = []
+    total = 0
+    candidates = []
     for path in folder.rglob("*"):
-        if path.is_file() and not path.name.startswith(".") and path.suffix != ".lock":
+        if path.name.startswith(".") or path.suffix == ".lock":
+            continue
+        try:
             status = path.stat()
-            files.append((status.st_atime, status.st_size, path))
-    total = sum(size for _, size, _ in files)
+        except FileNotFoundError:
+            continue  # Another request evicted it meanwhile.
+        if not stat.S_ISREG(status.st_mode):
+            continue
+        total += status.st_size
+        if path != keep:
+            candidates.append((status.st_atime_ns, status.st_size, path))
     if total <= limit:
         return
-    for _, size, path in sorted(files):
+    for _, size, path in sorted(candidates):
         path.unlink(missing_ok=True)
         total -= size
         logger.info("Evicted %s from the media cache", path.relative_to(folder))

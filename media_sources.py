@@ -4,7 +4,8 @@ An image is downloaded once per post (or album child) under a file lock, so many
 concurrent requests for an image not yet on disk cause one download. When the
 CDN link has expired (403 or 404), one API call fetches the post's fresh URLs,
 the kept feed is updated, and the download is tried once more; a post that no
-longer exists leaves the feed.
+longer exists leaves the feed. A post's links are renewed at most once per
+HEAL_INTERVAL_SECONDS, so visitors cannot turn a failing image into API calls.
 """
 
 from __future__ import annotations
@@ -24,9 +25,12 @@ from token_store import file_lock
 
 logger = logging.getLogger(__name__)
 
-# After a download failure other than 403/404, a post's link is renewed at most
-# this often, so a CDN outage does not turn image requests into API calls.
+# A post's links are renewed at most this often, so neither a CDN outage nor a
+# link that still fails after renewal turns image requests into API calls.
 HEAL_INTERVAL_SECONDS = 600
+# The Graph error code and subcode for an object that does not exist. Code 100
+# alone means an invalid parameter, such as a malformed `fields` value.
+MISSING_OBJECT = (100, 33)
 _last_heal: dict[str, float] = {}
 _heal_lock = threading.Lock()
 
@@ -41,28 +45,52 @@ def ensure_source(post_id: str, child_id: str | None, slot: Path) -> Path:
     if source.exists():
         return source
     # Checked before anything is created on disk, so unknown ids leave no trace.
-    url = still_url(find_post(post_id), child_id)
+    still_url(find_post(post_id), child_id)
     slot.mkdir(parents=True, exist_ok=True)
     with file_lock(source):
         if source.exists():
             return source
+        # Read under the lock, because a request that held it may have renewed
+        # the link or removed the post.
+        url = still_url(find_post(post_id), child_id)
         try:
             body = download_image(url)
-        except SourceExpired:
-            logger.info("The CDN link of post %s expired; renewing it", post_id)
-            body = download_image(still_url(heal_post(post_id), child_id))
-        except MediaError:
-            if not _may_heal(post_id):
-                raise
-            # The CDN host may have changed (a sandbox on another port, say).
-            logger.info("The CDN link of post %s failed; renewing it", post_id)
-            body = download_image(still_url(heal_post(post_id), child_id))
+        except MediaError as err:
+            body = _download_renewed(post_id, child_id, url, err)
         write_bytes_atomic(source, body)
     return source
 
 
+def _download_renewed(
+    post_id: str, child_id: str | None, url: str, failure: MediaError
+) -> bytes:
+    """Download the still from the post's renewed links, or raise `failure`.
+
+    When no renewal is allowed yet, the feed's URL is still tried if another
+    request renewed it after `url` was read, for another child of the album.
+    """
+    if _may_heal(post_id):
+        if isinstance(failure, SourceExpired):
+            logger.info("The CDN link of post %s expired; renewing it", post_id)
+        else:
+            # The CDN host may have changed (a sandbox on another port, say).
+            logger.info(
+                "The CDN link of post %s failed (%s); renewing it", post_id, failure
+            )
+        try:
+            post = heal_post(post_id)
+        except MediaError as err:
+            # Both reasons, so the 502 and the log still name the first failure.
+            raise MediaError(f"{failure} {err}") from None
+    else:
+        post = find_post(post_id)
+        if still_url(post, child_id) == url:
+            raise failure
+    return download_image(still_url(post, child_id))
+
+
 def _may_heal(post_id: str) -> bool:
-    """Allow one renewal per post per HEAL_INTERVAL for failures other than 403/404."""
+    """Allow one renewal of a post's links per HEAL_INTERVAL_SECONDS."""
     moment = time.monotonic()
     with _heal_lock:
         last = _last_heal.get(post_id)
@@ -106,7 +134,7 @@ def heal_post(post_id: str) -> dict[str, Any]:
     try:
         raw = instagram_client().get_media(record["access_token"], post_id)
     except InstagramError as err:
-        if err.code == 100:
+        if (err.code, err.subcode) == MISSING_OBJECT:
             instagram_feed().remove_post(post_id)
             logger.info("Post %s no longer exists; removed it from the feed", post_id)
             raise NotInFeed(post_id) from None

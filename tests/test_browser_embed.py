@@ -155,11 +155,19 @@ def alts(target, selector: str) -> list[str]:
     return target.eval_on_selector_all(selector, "items => items.map(i => i.alt)")
 
 
+def current_sources(target, selector: str) -> list[str]:
+    """Return the URL each image element actually loaded, chosen from its srcset."""
+    return target.eval_on_selector_all(
+        selector, "items => items.map(i => i.currentSrc)"
+    )
+
+
 def test_embed_renders_on_allowed_site(
     live_server_factory, host_sites, browser, tmp_path
 ):
     site = host_sites()
     site.feed_url = start_feed(live_server_factory, site)
+    media_prefix = f"{site.feed_url}/media/"
     context = browser.new_context(viewport={"width": 900, "height": 900})
     requested: list[str] = []
     context.on("request", lambda request: requested.append(request.url))
@@ -222,6 +230,14 @@ def test_embed_renders_on_allowed_site(
     assert page.locator("#latest script").count() == 0
     hosts = {urlsplit(url).hostname for url in requested}
     assert hosts == {"127.0.0.1"}
+
+    # Images come from ownfeed's /media, so the browser never reaches the CDN.
+    wait_for_images(page, "img")
+    image_sources = current_sources(page, "img") + current_sources(frame, "img")
+    assert len(image_sources) > 18
+    assert [src for src in image_sources if not src.startswith(media_prefix)] == []
+    assert [url for url in requested if "/sandbox/cdn" in url] == []
+    assert any(url.startswith(media_prefix) for url in requested)
     context.close()
 
 

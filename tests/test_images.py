@@ -30,9 +30,10 @@ ITEM_KEYS = {
     "timestamp",
     "media_url",
     "thumbnail_url",
+    "sizes",
     "children",
 }
-CHILD_KEYS = {"id", "media_type", "media_url", "thumbnail_url"}
+CHILD_KEYS = {"id", "media_type", "media_url", "thumbnail_url", "sizes"}
 FIRST_MOMENT = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 SCRIPT_CAPTION = "<script>alert(1)</script>"
 ATTRIBUTE_CAPTION = '"><img src=x onerror=alert(1)>'
