@@ -41,6 +41,7 @@ from providers import PROVIDERS, Provider, RedirectUriError
 from services import instance_file, now, token_store
 from timeutil import parse_iso, to_iso
 from token_store import TokenStoreError, file_lock, write_json_atomic
+from x_errors import XError
 
 logger = logging.getLogger(__name__)
 
@@ -294,7 +295,7 @@ def callback(provider: str) -> Response:
     try:
         record = chosen.connect(code, pending.redirect_uri, pending.code_verifier)
         tokens.store_new_connection(chosen.name, record)
-    except (InstagramError, TokenStoreError) as err:
+    except (InstagramError, XError, TokenStoreError) as err:
         return _fail(chosen, str(err))
 
     logger.info("Connected %s account %s", chosen.name, record.get("username"))

@@ -27,6 +27,14 @@ def feed_for(provider: str) -> tuple[FeedCache, Fetch] | None:
     return instagram_feed(), instagram_fetch()
 
 
+def _preview(provider: str, posts: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Return the newest posts as the public routes would show them."""
+    newest = posts[:PREVIEW_SIZE]
+    if provider == "instagram" and current_app.config["MEDIA_PROXY"]:
+        return [proxied_post(post) for post in newest]
+    return newest
+
+
 def feed_views() -> list[dict[str, Any]]:
     """Describe each connected provider's kept feed for the summary page."""
     views = []
@@ -44,10 +52,7 @@ def feed_views() -> list[dict[str, Any]]:
                 "fetched_at": snapshot.fetched_at,
                 "last_error": snapshot.last_error if failed_last else None,
                 "retry_at": snapshot.retry_at,
-                "preview": [
-                    proxied_post(post) if current_app.config["MEDIA_PROXY"] else post
-                    for post in (snapshot.posts or [])[:PREVIEW_SIZE]
-                ],
+                "preview": _preview(name, snapshot.posts or []),
             }
         )
     return views

@@ -112,10 +112,7 @@ def _fetch(
         return Fetched(_newest_first(items), {"query": query})
 
     if view == "liked":
-        auth = x_provider.user_auth()
-        _require(
-            auth, "user_context_required", x_provider.liked_needs_user_context().message
-        )
+        auth = _require_user_auth()
         user = client.get_me(auth)
         items = client.iter_pages(
             lambda token, size: client.get_liked(
@@ -146,6 +143,19 @@ _NOT_CONFIGURED = (
 def _require(auth: Any, code: str, message: str) -> None:
     if auth is None:
         raise FeedError(code, message)
+
+
+def _require_user_auth() -> Any:
+    """Return user-context auth, or raise FeedError saying what to fix."""
+    auth = x_provider.user_auth()
+    if auth is not None:
+        return auth
+    problem = x_provider.unusable_connection()
+    if problem is not None:
+        raise FeedError(*problem)
+    raise FeedError(
+        "user_context_required", x_provider.liked_needs_user_context().message
+    )
 
 
 def _timeline_user(client: Any, auth: Any) -> dict[str, Any]:
@@ -268,7 +278,7 @@ def tweets_response(view: str, embed: bool = False) -> Response:
     try:
         snapshot = cache.get(x_fetch(view, query, exclude))
     except FeedError as err:
-        return unavailable_response(err, "embed" if embed else "tweets", page_format)
+        return _finish(_unavailable(err, embed, page_format), embed)
     stale = snapshot.is_stale(now(), cache.ttl)
 
     key = (
@@ -289,9 +299,31 @@ def tweets_response(view: str, embed: bool = False) -> Response:
         body = _render(view, embed, page_format, snapshot, page, next_url, stale)
         entry = (body, hashlib.sha256(body).hexdigest()[:32])
         rendered.put(key, entry)
-    response = cacheable_response(*entry, page_format)
+    return _finish(cacheable_response(*entry, page_format), embed)
+
+
+def _finish(response: Response, embed: bool) -> Response:
+    """Add the embed page's CSP, or Vary: Accept where `format` may come from it."""
     if embed:
         response.headers["Content-Security-Policy"] = embed_policy()
+    else:
+        response.vary.add("Accept")
+    return response
+
+
+def _unavailable(err: FeedError, embed: bool, page_format: str) -> Response:
+    """Build the 503 response: JSON names the problem, HTML is an empty list."""
+    if page_format == "json":
+        return unavailable_response(err, "tweets", page_format)
+    template = "feed/tweets_embed.html" if embed else "feed/tweets.html"
+    response = Response(
+        render_template(template, tweets=[], next_url=None),
+        status=503,
+        mimetype="text/html",
+    )
+    response.headers["Cache-Control"] = "no-store"
+    if err.retry_after:
+        response.headers["Retry-After"] = str(err.retry_after)
     return response
 
 

@@ -151,10 +151,10 @@ def _token_fields(token: XUserToken, at: Any) -> dict[str, Any]:
 def user_auth() -> requests.auth.AuthBase | None:
     """Return user-context auth: the OAuth 2.0 connection, else OAuth 1.0a keys.
 
-    An OAuth 2.0 token about to expire is refreshed first (under the store's
-    lock). A connection that needs a new login is skipped, and so is an expired
-    token whose refresh failed: X would reject it with a 401, which would mark
-    a connection whose refresh token still works as needing a new login.
+    An OAuth 2.0 token about to expire is refreshed first, under the store's
+    lock. A connection that needs a new login is skipped. So is an expired token
+    whose refresh failed, because X would answer 401 and the connection, whose
+    refresh token may still work, would be marked as needing a new login.
     """
     record = token_store().get("x")
     if record is not None and record.get("status") == "active":
@@ -162,8 +162,8 @@ def user_auth() -> requests.auth.AuthBase | None:
         if expires_at is not None and expires_at - now() < timedelta(minutes=1):
             from tokens import refresh_token
 
-            # Not forced: a worker that waited for another's refresh finds the
-            # new token not due and uses it, instead of rotating it again.
+            # The refresh is not forced, so a worker that waited for another
+            # worker's refresh finds the new token not due and uses it.
             refresh_token("x", "fetch")
             record = token_store().get("x") or {}
             expires_at = parse_iso(record.get("expires_at"))
@@ -215,7 +215,7 @@ def any_auth() -> requests.auth.AuthBase | None:
 
 
 def unusable_connection() -> tuple[str, str] | None:
-    """Say why a stored OAuth 2.0 connection gives no user auth, as (code, message).
+    """Describe why a stored OAuth 2.0 connection gives no user auth: (code, message).
 
     Returns None when there is no connection, so the caller's own message about
     the missing keys applies.
@@ -228,6 +228,13 @@ def unusable_connection() -> tuple[str, str] | None:
         return (
             "reauthorization_required",
             f"X rejected the connection ({error}). Connect the X account again from "
+            "/admin/generate/x.",
+        )
+    if not record.get("refresh_token"):
+        return (
+            "reauthorization_required",
+            "The X access token expired, and the connection has no refresh token "
+            "(scope offline.access). Connect the X account again from "
             "/admin/generate/x.",
         )
     return (
