@@ -44,13 +44,24 @@ COLD_WAIT_SECONDS = 60.0
 
 
 class FeedError(Exception):
-    """No feed can be served; `code` is the public error code."""
+    """No feed can be served; `code` is the public error code.
 
-    def __init__(self, code: str, message: str, retry_after: int | None = None) -> None:
+    `reported` is true when the cause was already logged as an error (a
+    rejected token), so a failed fetch logs it again only at INFO.
+    """
+
+    def __init__(
+        self,
+        code: str,
+        message: str,
+        retry_after: int | None = None,
+        reported: bool = False,
+    ) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
         self.retry_after = retry_after
+        self.reported = reported
 
 
 @dataclass(frozen=True)
@@ -299,7 +310,8 @@ class FeedCache:
             "retry_at": to_iso(at + timedelta(seconds=wait)),
             "failures": failures,
         }
-        logger.warning(
+        logger.log(
+            logging.INFO if err.reported else logging.WARNING,
             "Feed fetch for %s failed (%s), next try in %d s: %s",
             self.path.name,
             err.code,
