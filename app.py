@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
 from typing import Any
 
 from dotenv import load_dotenv
-from flask import Flask, render_template, request
+from flask import Flask, Response, render_template, request
 from flask_wtf.csrf import CSRFError
 
 import commands
@@ -27,7 +28,7 @@ from extensions import csrf
 from logs import configure_logging
 from services import Services
 from timeutil import utc_now
-from token_store import TokenStore
+from token_store import TokenStore, TokenStoreError
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,11 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     # Blueprints.
     register_blueprints(app)
     app.register_error_handler(CSRFError, _csrf_failed)
+    app.register_error_handler(TokenStoreError, _token_store_failed)
     _log_mode(app)
+    if test_config is None:
+        for note in settings.unknown_keys(os.environ):
+            logger.warning("%s", note)
     return app
 
 
@@ -128,6 +133,21 @@ def _csrf_failed(error: CSRFError) -> tuple[str, int]:
     return render_template("message.html", title="Form expired", message=message), 400
 
 
+def _token_store_failed(error: TokenStoreError) -> Response | tuple[str, int]:
+    """Answer 503 when the token file cannot be read, without exposing its path."""
+    logger.error("The token store failed: %s", error)
+    if request.blueprint == "admin":
+        page = render_template("message.html", title="Token file", message=str(error))
+        return page, 503
+    body = {
+        "error": {
+            "code": "upstream_unavailable",
+            "message": "The service's token file could not be read; its owner is told.",
+        }
+    }
+    return Response(json.dumps(body), status=503, mimetype="application/json")
+
+
 def _log_mode(app: Flask) -> None:
     if app.config["OWNFEED_SANDBOX"]:
         logger.info(
@@ -139,4 +159,8 @@ def _log_mode(app: Flask) -> None:
         )
 
 
-app = create_app()
+try:
+    app = create_app()
+except settings.ConfigError as err:
+    # One clear line instead of a traceback, for `flask run`, commands and gunicorn.
+    raise SystemExit(f"ownfeed cannot start: {err}") from None

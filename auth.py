@@ -22,12 +22,6 @@ FAILED_LOGIN_WINDOW = timedelta(minutes=1)
 SESSION_LIFETIME = timedelta(hours=12)
 
 
-def password_required() -> bool:
-    """Tell whether the admin pages need a password (always, outside the sandbox)."""
-    config = current_app.config
-    return bool(config.get("ADMIN_PASSWORD") or config.get("ADMIN_PASSWORD_HASH"))
-
-
 def check_password(candidate: str) -> bool:
     """Compare `candidate` with the configured password in constant time."""
     config = current_app.config
@@ -40,13 +34,6 @@ def check_password(candidate: str) -> bool:
         hashlib.sha256(candidate.encode()).digest(),
         hashlib.sha256(expected.encode()).digest(),
     )
-
-
-def is_admin() -> bool:
-    """Tell whether the current session may use the admin pages."""
-    if not password_required():
-        return True
-    return session.get("admin") is True
 
 
 def start_admin_session() -> None:

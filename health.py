@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, jsonify
@@ -29,7 +30,8 @@ class Problem:
 
     code: str
     message: str
-    action: str  # "generate", "refresh" or "fetch"
+    # "connect" (a first login), "generate" (a new login), "refresh" or "fetch".
+    action: str
 
     @property
     def concerns_token(self) -> bool:
@@ -81,8 +83,15 @@ def problems(
     if not report["configured"]:
         return []
     found = []
+    aside = moved_aside_token_file()
+    if record is None and aside is not None:
+        message = (
+            f"The token file could not be read and was moved to {aside}. Fix that "
+            "file and move it back to tokens.json, or connect the account again."
+        )
+        return [Problem("token_file_unreadable", message, "generate")]
     if record is None and not provider.works_without_connection():
-        return [Problem("not_connected", f"{title} is not connected.", "generate")]
+        return [Problem("not_connected", f"{title} is not connected.", "connect")]
     if record is None:
         return _feed_problems(title, report)
 
@@ -126,6 +135,18 @@ def _feed_problems(title: str, report: dict[str, Any]) -> list[Problem]:
         )
         found.append(Problem("feed_outdated", message, "fetch"))
     return found
+
+
+def moved_aside_token_file() -> Path | None:
+    """Return the newest `tokens.json.corrupt-*` file if it is newer than the store."""
+    store_path = token_store().path
+    copies = sorted(store_path.parent.glob(f"{store_path.name}.corrupt-*"))
+    if not copies:
+        return None
+    newest = copies[-1]
+    if store_path.exists() and store_path.stat().st_mtime > newest.stat().st_mtime:
+        return None
+    return newest
 
 
 def all_problems() -> list[tuple[str, Problem]]:

@@ -32,6 +32,7 @@ from flask import (
 )
 from werkzeug.wrappers import Response
 
+import access
 import auth
 import health
 import provider_feeds
@@ -152,7 +153,7 @@ def _s256(verifier: str) -> str:
 @bp.before_request
 def require_admin() -> Response | None:
     """Send anonymous requests to the login page; only login itself is open."""
-    if request.endpoint == "admin.login" or auth.is_admin():
+    if request.endpoint == "admin.login" or access.is_admin():
         return None
     if request.method == "GET":
         return redirect(url_for("admin.login", next=request.full_path.rstrip("?")))
@@ -171,11 +172,11 @@ def keep_codes_private(response: Response) -> Response:
 def admin_template_values() -> dict[str, Any]:
     """Give every template the password warning, and admin pages their banners."""
     values: dict[str, Any] = {
-        "admin_is_open": not auth.password_required(),
+        "admin_is_open": not access.password_required(),
         "providers": PROVIDERS,
         "banners": [],
     }
-    if request.blueprint == "admin" and auth.is_admin():
+    if request.blueprint == "admin" and access.is_admin():
         values["banners"] = health.all_problems()
     return values
 
@@ -197,7 +198,7 @@ def _safe_next(target: str | None) -> str:
 def login() -> Response | str | tuple[str, int, dict[str, str]]:
     """Show the password form and start an admin session on the right password."""
     next_url = _safe_next(request.values.get("next"))
-    if not auth.password_required():
+    if not access.password_required():
         return redirect(next_url)
     if request.method == "GET":
         return render_template("login.html", next_url=next_url)
@@ -275,11 +276,8 @@ def callback(provider: str) -> Response:
     chosen = _provider_or_404(provider)
     state = request.args.get("state", "")
 
-    if "error" in request.args:
-        _consume_quietly(chosen, state)
-        reason = request.args.get("error_description") or request.args.get("error")
-        return _fail(chosen, f"{chosen.title} did not grant access: {reason}")
-
+    # The state is checked first, so only the provider's own redirect, in the
+    # browser that started it, can put its text (an error reason) on the page.
     try:
         pending = PendingAuthorizations().complete(
             chosen, state, auth.session_binding()
@@ -287,6 +285,10 @@ def callback(provider: str) -> Response:
     except StateError as err:
         logger.warning("Rejected %s callback: %s", chosen.name, err)
         return _fail(chosen, str(err))
+
+    if "error" in request.args:
+        reason = request.args.get("error_description") or request.args.get("error")
+        return _fail(chosen, f"{chosen.title} did not grant access: {reason}")
 
     code = request.args.get("code", "").removesuffix("#_")
     if not code:
@@ -321,14 +323,6 @@ def _fetch_feed_in_background(provider: str) -> None:
             logger.exception("Fetching the %s feed after connecting failed", provider)
 
     threading.Thread(target=run, name=f"feed-{provider}", daemon=True).start()
-
-
-def _consume_quietly(provider: Provider, state: str) -> None:
-    """Use up the state of a denied attempt, so its callback cannot be replayed."""
-    try:
-        PendingAuthorizations().complete(provider, state, auth.session_binding())
-    except StateError:
-        pass  # A denial with a bad state changes nothing either way.
 
 
 def _fail(provider: Provider, message: str) -> Response:

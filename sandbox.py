@@ -31,6 +31,7 @@ from flask import (
 import sandbox_data as data
 import sandbox_graph
 import sandbox_state as state
+from access import admin_only
 from extensions import csrf
 from sandbox_graph import Outage, json_response
 
@@ -104,6 +105,7 @@ def _outage(_error: Outage) -> Response:
 
 
 @bp.get("/")
+@admin_only
 def index() -> str:
     """Show that the sandbox is active, its switches and the control panel."""
     current = state.read()
@@ -120,6 +122,7 @@ def index() -> str:
 
 
 @bp.post("/control")
+@admin_only
 def control() -> Response:
     """Apply one control panel action, then go back to the panel."""
     action = request.form.get("action", "")

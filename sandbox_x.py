@@ -31,6 +31,7 @@ from flask import (
 import sandbox_x_api
 import sandbox_x_auth as auth
 import sandbox_x_data as data
+from access import admin_only
 from extensions import csrf
 from sandbox_data import draw_jpeg
 from sandbox_x_api import Reject, json_response, now, old_error
@@ -85,6 +86,7 @@ def _token_error(error: auth.TokenRequestError) -> Response:
 
 
 @bp.get("/")
+@admin_only
 def index() -> str:
     """Show that the X sandbox is active, its switches and the control panel."""
     creds = auth.accepted()
@@ -102,6 +104,7 @@ def index() -> str:
 
 
 @bp.post("/control")
+@admin_only
 def control() -> Response:
     """Apply one control panel action, then go back to the panel."""
     action = request.form.get("action", "")

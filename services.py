@@ -24,6 +24,8 @@ from x import XClient, XEndpoints
 # Where `flask run` listens unless told otherwise; used in sandbox mode when no
 # request says where the server is (the `flask token` and `flask feed` commands).
 DEFAULT_LOCAL_URL = "http://127.0.0.1:5000"
+# The server writes its own loopback URL here on its first request, for those commands.
+SANDBOX_URL_FILE = "sandbox-url"
 
 
 @dataclass
@@ -144,9 +146,28 @@ def _sandbox_server_url() -> str:
         return configured.rstrip("/")
     app_services = services()
     if not has_request_context():
-        return app_services.sandbox_url or DEFAULT_LOCAL_URL
+        return app_services.sandbox_url or _recorded_sandbox_url() or DEFAULT_LOCAL_URL
     # The port the server accepted this request on, never the Host header, which
     # the client chooses.
     port = request.environ.get("SERVER_PORT", "5000")
-    app_services.sandbox_url = f"http://127.0.0.1:{port}"
-    return app_services.sandbox_url
+    url = f"http://127.0.0.1:{port}"
+    if app_services.sandbox_url != url:
+        app_services.sandbox_url = url
+        _record_sandbox_url(url)
+    return url
+
+
+def _record_sandbox_url(url: str) -> None:
+    """Note where the server runs, so `flask token` and `flask feed` reach it."""
+    try:
+        instance_file(SANDBOX_URL_FILE).write_text(url + "\n", encoding="utf-8")
+    except OSError:
+        pass  # The commands then fall back to DEFAULT_LOCAL_URL.
+
+
+def _recorded_sandbox_url() -> str | None:
+    try:
+        url = instance_file(SANDBOX_URL_FILE).read_text(encoding="utf-8").strip()
+    except OSError:
+        return None
+    return url if url.startswith("http://127.0.0.1:") else None

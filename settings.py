@@ -6,6 +6,7 @@ where they are read, so the rest of the code sees ints, bools and lists.
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
@@ -69,6 +70,8 @@ INTEGER_KEYS = (
     # X bills each post it returns, so its feeds are kept longer and smaller.
     ("X_CACHE_SECONDS", 3600, 60, 7 * 24 * 3600),
     ("X_FEED_MAX_POSTS", 100, 5, 3200),
+    # New distinct /tweets/search queries allowed per hour (each is a billed call).
+    ("X_SEARCH_NEW_PER_HOUR", 20, 1, 10_000),
     # How many reverse proxies in front of ownfeed set X-Forwarded-* headers.
     ("TRUSTED_PROXIES", 0, 0, 5),
 )
@@ -113,6 +116,48 @@ def read_environment(environ: Mapping[str, str]) -> dict[str, Any]:
     key = environ.get("TOKEN_ENCRYPTION_KEY", "").strip()
     config["TOKEN_ENCRYPTION_KEY"] = key or None
     return config
+
+
+# Prefixes of ownfeed's keys, to spot a misspelt key in the environment.
+KEY_PREFIXES = (
+    "ADMIN_",
+    "FEED_",
+    "IMAGES_",
+    "INSTAGRAM_",
+    "MEDIA_",
+    "NOTIFY_",
+    "OWNFEED_",
+    "REFRESH_",
+    "SANDBOX_",
+    "TOKEN_",
+    "TRUSTED_",
+    "X_",
+)
+OTHER_KEYS = (
+    "OWNFEED_SANDBOX",
+    "OWNFEED_INSTANCE_PATH",
+    "IMAGES_ALLOWED_ORIGINS",
+    "SANDBOX_TOKEN_RESPONSE",
+    "MEDIA_PROXY",
+    "MEDIA_WIDTHS",
+    "TRUSTED_HOSTS",
+    "TOKEN_ENCRYPTION_KEY",
+    "SANDBOX_X_RATE_LIMIT",
+    "SANDBOX_X_PUBLIC_CLIENT",
+)
+
+
+def unknown_keys(environ: Mapping[str, str]) -> list[str]:
+    """Describe environment keys that look like ownfeed's but are not, with a guess."""
+    known = set(STRING_KEYS) | {key for key, *_ in INTEGER_KEYS} | set(OTHER_KEYS)
+    notes = []
+    for key in sorted(environ):
+        if key in known or not key.startswith(KEY_PREFIXES):
+            continue
+        guess = difflib.get_close_matches(key, sorted(known), n=1)
+        hint = f"; did you mean {guess[0]}?" if guess else ""
+        notes.append(f"{key} is not an ownfeed setting and is ignored{hint}")
+    return notes
 
 
 def resolve_mode(config: dict[str, Any], instance_path: Path) -> None:

@@ -35,6 +35,7 @@ from images import (
 )
 from services import now, services, token_store, x_client
 from timeutil import to_iso
+from token_store import file_lock, write_json_atomic
 from tokens import record_token_rejected
 from x_errors import XAuthError, XError, XRateLimitedError
 
@@ -66,6 +67,43 @@ def x_feed(key: str) -> FeedCache:
             app_services.feeds[name] = cache
             _forget_old_search_feeds(app_services.feeds)
     return cache
+
+
+def _search_budget_wait(key: str) -> int:
+    """Return the seconds until a new search query is allowed, or 0 when it is.
+
+    A query with a saved feed is always served. New queries are limited to
+    X_SEARCH_NEW_PER_HOUR, because anyone can send one and X bills each; each
+    new one also removes the oldest saved search feeds beyond MAX_SEARCH_FEEDS.
+    """
+    folder = Path(current_app.instance_path)
+    if (folder / f"feed-x-{key}.json").exists():
+        return 0
+    budget_path = folder / "x-search-budget.json"
+    hour = 3600
+    moment = now().timestamp()
+    with file_lock(budget_path):
+        try:
+            started = json.loads(budget_path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            started = []
+        started = [when for when in started if isinstance(when, float | int)]
+        started = [when for when in started if moment - when < hour]
+        if len(started) >= current_app.config["X_SEARCH_NEW_PER_HOUR"]:
+            return max(1, int(min(started) + hour - moment))
+        started.append(moment)
+        write_json_atomic(budget_path, started)
+    _remove_old_search_files(folder)
+    return 0
+
+
+def _remove_old_search_files(folder: Path) -> None:
+    feeds = sorted(
+        folder.glob("feed-x-search-*.json"), key=lambda path: path.stat().st_mtime
+    )
+    for path in feeds[: max(0, len(feeds) - MAX_SEARCH_FEEDS + 1)]:
+        for leftover in (path, Path(f"{path}.lock"), Path(f"{path}.refresh")):
+            leftover.unlink(missing_ok=True)
 
 
 def _forget_old_search_feeds(feeds: dict[str, Any]) -> None:
@@ -261,7 +299,19 @@ def tweets_response(view: str, embed: bool = False) -> Response:
                 None,
                 None,
             )
-            cache = x_feed("search-" + hashlib.sha256(query.encode()).hexdigest()[:24])
+            key = "search-" + hashlib.sha256(query.encode()).hexdigest()[:24]
+            wait = _search_budget_wait(key)
+            if wait:
+                response = error_response(
+                    429,
+                    "too_many_searches",
+                    "Too many new search queries this hour, and each costs an X API "
+                    f"call. Try again in {wait} seconds, or use a recent query.",
+                    "q",
+                )
+                response.headers["Retry-After"] = str(wait)
+                return response
+            cache = x_feed(key)
         else:
             query, local_query = None, _parse_local_query()
             exclude = (

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from datetime import timedelta
 from typing import Any
 
@@ -37,6 +38,7 @@ REPORT_FIELDS = {
 }
 # Each problem's banner button: the form's action and the button's text.
 ACTIONS = {
+    "connect": ("/admin/generate/instagram", "Connect Instagram<"),
     "generate": ("/admin/generate/instagram", "Connect Instagram again"),
     "refresh": ("/admin/refresh/instagram", "Refresh the token now"),
     "fetch": ("/admin/feed/instagram/refresh", "Fetch the feed now"),
@@ -117,7 +119,7 @@ def set_up_not_connected(app, clock, graph) -> None:
 
 
 DEGRADED = [
-    (set_up_not_connected, "not_connected", "generate"),
+    (set_up_not_connected, "not_connected", "connect"),
     (set_up_reauthorization_required, "reauthorization_required", "generate"),
     (set_up_expires_soon, "expires_soon", "refresh"),
     (set_up_expired, "expired", "generate"),
@@ -356,3 +358,16 @@ def test_summary_lists_refresh_attempts(real_app, clock):
     assert "HTTP 500" in table.group(1)
     assert OLD_TOKEN not in page
     assert NEW_TOKEN not in page
+
+
+def test_healthz_corrupt_token_file_503(make_app):
+    app = make_app()
+    store_path = Path(app.instance_path) / "tokens.json"
+    store_path.write_text("{truncated")
+    client = app.test_client()
+    first = client.get("/healthz")
+    assert first.status_code == 503
+    assert str(store_path.parent) not in first.get_data(as_text=True)
+    page = client.get("/admin/generate").get_data(as_text=True)
+    assert "tokens.json.corrupt-" in page
+    assert "could not be read" in page

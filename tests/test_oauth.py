@@ -440,3 +440,30 @@ def test_admin_pages_referrer_policy(client):
     log_in(client)
     response = client.get("/admin/summary")
     assert response.headers["Referrer-Policy"] == "no-referrer"
+
+
+def test_callback_error_with_bad_state_hides_text(real_app):
+    client = real_app.test_client()
+    log_in(client)
+    client.get(
+        "/admin/callback/instagram?error=x"
+        "&error_description=Visit+evil.example+to+fix&state=bogus"
+    )
+    page = summary_text(client)
+    assert "evil.example" not in page
+    assert "does not match" in page
+
+
+def test_sandbox_control_needs_admin(make_app):
+    app = make_app(ADMIN_PASSWORD=TEST_PASSWORD)
+    client = app.test_client()
+    for path in ("/sandbox/", "/sandbox/x/"):
+        response = client.get(path)
+        assert response.status_code == 302, path
+        assert "/admin/login" in response.headers["Location"], path
+    assert client.post("/sandbox/control", data={"action": "reset"}).status_code in (
+        400,
+        403,
+    )
+    log_in(client)
+    assert client.get("/sandbox/").status_code == 200

@@ -1170,3 +1170,21 @@ def test_summary_shows_x_feed(make_x_app, fake_x, clock):
     log_in(client)
     response = client.get("/admin/summary")
     assert response.status_code == 200
+
+
+def test_search_new_queries_limited(make_x_app, fake_x, clock):
+    app = make_x_app(
+        X_BEARER_TOKEN=BEARER, X_USERNAME="owner_handle", X_SEARCH_NEW_PER_HOUR=2
+    )
+    client = app.test_client()
+    assert client.get("/tweets/search?format=json&q=one").status_code == 200
+    assert client.get("/tweets/search?format=json&q=two").status_code == 200
+    refused = client.get("/tweets/search?format=json&q=three")
+    assert refused.status_code == 429
+    assert error_of(refused)["code"] == "too_many_searches"
+    assert int(refused.headers["Retry-After"]) > 0
+    assert len(fake_x.calls(SEARCH_URL)) == 2
+    # A query already saved is still served.
+    assert client.get("/tweets/search?format=json&q=one").status_code == 200
+    clock.advance(3601)
+    assert client.get("/tweets/search?format=json&q=three").status_code == 200
