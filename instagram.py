@@ -21,8 +21,10 @@ import requests
 
 from instagram_errors import (
     DEFAULT_RETRY_AFTER,
+    MAX_RESPONSE_BYTES,
     RATE_LIMIT_CODES,
     RECONNECT,
+    EmptyCodeError,
     InstagramError,
     OAuthExchangeError,
     RateLimitedError,
@@ -30,6 +32,8 @@ from instagram_errors import (
     UpstreamUnavailableError,
     as_int,
     parse_response,
+    read_body,
+    redirect_error,
     transport_error,
     wrong_shape,
 )
@@ -61,6 +65,8 @@ MEDIA_FIELDS = (
 )
 PROFILE_FIELDS = "user_id,username,name,account_type,profile_picture_url,media_count"
 PAGE_SIZE = 100
+# Seconds a whole call may take, from connecting to the body's last byte.
+RESPONSE_DEADLINE_SECONDS = 30.0
 _LOG_LINE = "Instagram %s %s -> %s in %.0f ms"
 _MEDIA_ID = re.compile(r"[0-9A-Za-z_]{1,64}")
 _SECRET_FIELDS = ("access_token", "client_secret", "code")
@@ -113,12 +119,16 @@ class InstagramClient:
         *,
         session: requests.Session | None = None,
         timeout: tuple[float, float] = (3.05, 10.0),
+        deadline: float = RESPONSE_DEADLINE_SECONDS,
+        max_bytes: int = MAX_RESPONSE_BYTES,
     ) -> None:
         self.endpoints = endpoints
         self._client_id = client_id
         self._client_secret = client_secret
         self._session = session or requests.Session()
         self._timeout = timeout
+        self._deadline = deadline
+        self._max_bytes = max_bytes
         self._graph_url = endpoints.graph_url.rstrip("/")
 
     def authorize_url(
@@ -143,8 +153,9 @@ class InstagramClient:
         """Exchange an authorization code for a short-lived token."""
         code = code.strip().removesuffix("#_")
         if not code:
-            raise ValueError(
-                "The authorization code is empty. Start again from /admin/generate."
+            restart = "Start again from /admin/generate."
+            raise EmptyCodeError(
+                f"The authorization code is empty. {restart}", hint=restart
             )
         form = {
             "client_id": self._client_id,
@@ -295,23 +306,41 @@ class InstagramClient:
         params: Mapping[str, Any] | None = None,
         data: Mapping[str, Any] | None = None,
     ) -> dict[str, Any]:
-        """Send one request and return its JSON object, or raise an InstagramError."""
+        """Send one request and return its JSON object, or raise an InstagramError.
+
+        Redirects are not followed, and the body is read within the client's
+        deadline and size limit.
+        """
         path = urlsplit(url).path or "/"
         where = f"{method} {path}"
         secrets = _sent_secrets(url, params, data) + [self._client_secret]
         started = time.perf_counter()
+        deadline = time.monotonic() + self._deadline
         try:
-            response = self._session.request(
-                method, url, params=params, data=data, timeout=self._timeout
-            )
+            with self._session.request(
+                method,
+                url,
+                params=params,
+                data=data,
+                timeout=self._timeout,
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                read_body(response, where, deadline, self._max_bytes)
         except requests.RequestException as err:
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.info(_LOG_LINE, method, path, type(err).__name__, elapsed_ms)
             # `from None`: requests' messages repeat the URL, access token included.
             raise transport_error(err, where) from None
+        except UpstreamUnavailableError:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            logger.info(_LOG_LINE, method, path, "unread body", elapsed_ms)
+            raise
 
         elapsed_ms = (time.perf_counter() - started) * 1000
         logger.info(_LOG_LINE, method, path, response.status_code, elapsed_ms)
+        if response.is_redirect:
+            raise redirect_error(response, where)
         return parse_response(response, where, secrets)
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -19,6 +20,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import requests
+import urllib3
 
 RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, 80002})
 # Meta's "Handling Errors" page for the Graph API lists codes 1 and 2 as temporary
@@ -27,6 +29,11 @@ RATE_LIMIT_CODES = frozenset({4, 17, 32, 613, 80002})
 TRANSIENT_CODES = frozenset({1, 2})
 DEFAULT_RETRY_AFTER = 900
 RECONNECT = "Connect the account again from /admin/generate."
+# The largest response body read. An estimate of the largest real one: a page
+# of 100 albums with 20 children each and 2,200-character captions is under
+# 3 MB, so a bigger body is refused rather than held in memory.
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
+_READ_SIZE = 64 * 1024
 
 _OWNER_MESSAGES = {
     "expired": "Instagram ended the connection because its access token expired.",
@@ -94,6 +101,13 @@ class OAuthExchangeError(InstagramError):
         self.hint = hint
 
 
+class EmptyCodeError(OAuthExchangeError, ValueError):
+    """The authorization code is empty once trimmed, so it was not sent.
+
+    Also a ValueError, as callers of `exchange_code` have caught it as one.
+    """
+
+
 def transport_error(err: requests.RequestException, where: str) -> InstagramError:
     """Build the error for a request `where` ("GET /path") that got no response."""
     name = type(err).__name__
@@ -111,6 +125,85 @@ def transport_error(err: requests.RequestException, where: str) -> InstagramErro
     return InstagramError(
         f"The request {where} could not be sent ({name}). Check the Instagram "
         "endpoint settings (INSTAGRAM_GRAPH_URL, INSTAGRAM_TOKEN_URL)."
+    )
+
+
+def read_body(
+    response: requests.Response, where: str, deadline: float, max_bytes: int
+) -> None:
+    """Read a streamed response's body into `response.content`, within limits.
+
+    `deadline` is a `time.monotonic()` moment: the read timeout bounds only
+    the wait for each piece, so a body that trickles in would otherwise hold
+    the caller for as long as the server likes. Raises UpstreamUnavailableError
+    past `deadline`, beyond `max_bytes`, or when the connection breaks.
+    """
+    declared = response.headers.get("Content-Length", "")
+    if declared.isdigit() and int(declared) > max_bytes:
+        raise _too_large(where, max_bytes, response.status_code)
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise UpstreamUnavailableError(
+                    f"The response of Instagram to {where} did not arrive in time "
+                    "and timed out. Try again later.",
+                    status=response.status_code,
+                )
+            # read1 returns what one read from the socket brings, so the
+            # deadline is checked between pieces of any size.
+            chunk = response.raw.read1(_READ_SIZE, decode_content=True)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:
+                raise _too_large(where, max_bytes, response.status_code)
+            chunks.append(chunk)
+    except (urllib3.exceptions.HTTPError, OSError) as err:
+        name = type(err).__name__
+        if isinstance(err, urllib3.exceptions.TimeoutError | TimeoutError):
+            raise UpstreamUnavailableError(
+                f"Reading the response of Instagram to {where} timed out ({name}). "
+                "Try again later."
+            ) from None
+        raise UpstreamUnavailableError(
+            f"The connection to Instagram failed during {where} while reading the "
+            f"response ({name}). Try again later."
+        ) from None
+    # requests keeps a read body in `_content`; `.json()` and `.text` use it.
+    response._content = b"".join(chunks)
+
+
+def redirect_error(response: requests.Response, where: str) -> UpstreamUnavailableError:
+    """Build the error for a redirect, which the client never follows.
+
+    Following it would send the request (its token, or the code exchange's
+    client secret and code) to wherever the Location header points.
+    """
+    # Only the scheme, host and port: a Location may carry credentials.
+    parts = urlsplit(response.headers.get("Location", ""))
+    try:
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:  # A port that is not a number.
+        port = ""
+    target = f"{parts.scheme}://{parts.hostname}{port}"
+    if not parts.hostname:
+        target = "a path on the same server"
+    return UpstreamUnavailableError(
+        f"Instagram responded to {where} with HTTP {response.status_code}, a "
+        f"redirect to {target[:200]}, which was not followed so that no token or "
+        "secret goes there. Check the Instagram endpoint settings.",
+        status=response.status_code,
+    )
+
+
+def _too_large(where: str, max_bytes: int, status: int) -> UpstreamUnavailableError:
+    return UpstreamUnavailableError(
+        f"The response of Instagram to {where} is larger than {max_bytes} bytes, "
+        "so it was not read. Try again later, and check the Instagram endpoint "
+        "settings if this persists.",
+        status=status,
     )
 
 

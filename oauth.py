@@ -49,6 +49,7 @@ logger = logging.getLogger(__name__)
 bp = Blueprint("admin", __name__, url_prefix="/admin")
 
 STATE_LIFETIME = timedelta(minutes=10)
+MAX_MESSAGE_LENGTH = 500
 # Used states are remembered this long after they expire, to report a replay
 # as "already used" rather than "unknown".
 USED_STATE_MEMORY = timedelta(hours=1)
@@ -326,6 +327,10 @@ def _fetch_feed_in_background(provider: str) -> None:
 
 
 def _fail(provider: Provider, message: str) -> Response:
+    # The message may carry the provider's error_description, which anyone can
+    # make long; it goes into the session cookie, which browsers cap at 4 KB.
+    if len(message) > MAX_MESSAGE_LENGTH:
+        message = message[: MAX_MESSAGE_LENGTH - 1] + "…"
     logger.warning("%s connection failed: %s", provider.title, message)
     _record_attempt(provider, False, message)
     return redirect(url_for("admin.summary"), code=303)

@@ -26,16 +26,26 @@ def normalize_posts(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """
     posts = []
     seen: set[str] = set()
+    problems: list[str] = []
     for record in records:
         try:
             post = normalize_post(record)
         except ValueError as err:
-            logger.warning("Skipped an Instagram post that could not be read: %s", err)
+            problems.append(str(err))
             continue
         # Paging can repeat a post when new ones are published during the fetch.
         if post["id"] not in seen:
             seen.add(post["id"])
             posts.append(post)
+    if problems:
+        # One line per fetch, however many posts were odd. When none could be
+        # read the fetch fails, and the caller logs that as the warning.
+        logger.log(
+            logging.WARNING if posts else logging.INFO,
+            "Skipped %d Instagram post(s) that could not be read; the first: %s",
+            len(problems),
+            problems[0],
+        )
     posts.sort(key=lambda post: (post["timestamp"] or "", post["id"]), reverse=True)
     return posts
 

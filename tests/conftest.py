@@ -159,9 +159,17 @@ class LiveServer:
 
 
 def start_server(
-    tmp_path: Path, env: dict[str, str], command: str = "flask", name: str = "server"
+    tmp_path: Path,
+    env: dict[str, str],
+    command: str = "flask",
+    name: str = "server",
+    workers: int = 2,
+    threads: int = 4,
 ) -> LiveServer:
-    """Start ownfeed with `flask run` (or gunicorn) on a free loopback port."""
+    """Start ownfeed with `flask run` (or gunicorn) on a free loopback port.
+
+    `workers` and `threads` apply to gunicorn only.
+    """
     port = free_port()
     instance_path = tmp_path / f"{name}-instance"
     log_path = tmp_path / f"{name}.log"
@@ -188,7 +196,7 @@ def start_server(
         argv += ["--host", "127.0.0.1"]
     else:
         argv = [sys.executable, "-m", "gunicorn", "--bind", f"127.0.0.1:{port}"]
-        argv += ["--workers", "2", "--threads", "4", "app:app"]
+        argv += ["--workers", str(workers), "--threads", str(threads), "app:app"]
     log_file = log_path.open("w", encoding="utf-8")
     process = subprocess.Popen(
         argv, cwd=ROOT, env=server_env, stdout=log_file, stderr=subprocess.STDOUT
@@ -208,7 +216,8 @@ def _wait_until_up(server: LiveServer, timeout: float = 20.0) -> None:
         try:
             requests.get(server.url + "/admin/login", timeout=1)
             return
-        except requests.ConnectionError:
+        # A gunicorn worker that is still booting accepts but responds late.
+        except (requests.ConnectionError, requests.Timeout):
             time.sleep(0.1)
     server.stop()
     raise RuntimeError(f"The server did not start in {timeout} s:\n{server.log_text()}")
@@ -219,7 +228,7 @@ def live_server_factory(tmp_path: Path) -> Iterator:
     """Start servers for a test and stop them all at its end."""
     servers: list[LiveServer] = []
 
-    def factory(env: dict[str, str], **options: str) -> LiveServer:
+    def factory(env: dict[str, str], **options: Any) -> LiveServer:
         server = start_server(tmp_path, env, **options)
         servers.append(server)
         return server
