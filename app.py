@@ -115,6 +115,7 @@ def register_blueprints(app: Flask) -> None:
     if app.config["OWNFEED_SANDBOX"]:
         app.register_blueprint(sandbox.bp)
         app.register_blueprint(sandbox_x.bp)
+        app.jinja_env.globals["x_sandbox_on"] = True
     app.cli.add_command(commands.token_cli)
     app.cli.add_command(commands.feed_cli)
 

@@ -166,14 +166,22 @@ class FeedCache:
 
         Raises FeedError when there are no posts to serve and the fetch failed.
         """
+        return self.get_lazily(lambda: fetch)
+
+    def get_lazily(self, make_fetch: Callable[[], Fetch]) -> Snapshot:
+        """Do what `get` does, preparing the fetch only when one is due.
+
+        Preparing a fetch looks up the API client, which a cached request
+        need not pay for.
+        """
         snapshot = self.snapshot()
         now = self.clock()
         if snapshot.has_posts:
             if self._due(snapshot, now):
-                self.refresh_in_background(fetch)
+                self.refresh_in_background(make_fetch())
             return snapshot
         if self._due(snapshot, now):
-            snapshot = self._refresh_cold(fetch)
+            snapshot = self._refresh_cold(make_fetch())
         if not snapshot.has_posts:
             raise _error_of(snapshot, now)
         return snapshot
@@ -324,7 +332,7 @@ class FeedCache:
     def _write(self, document: dict[str, Any]) -> None:
         try:
             with file_lock(self.path):
-                write_json_atomic(self.path, document)
+                write_json_atomic(self.path, document, compact=True)
         except TokenStoreError as err:
             # The posts and the backoff stay in memory, tied to the file now on
             # disk, so they are served until another process replaces that file.
@@ -345,15 +353,17 @@ class FeedCache:
 
     def _read_file(self) -> Snapshot:
         try:
-            document = json.loads(self.path.read_text(encoding="utf-8"))
+            raw = self.path.read_bytes()
+            document = json.loads(raw)
         except FileNotFoundError:
-            document = {}
+            return _snapshot_of({})
         except (OSError, ValueError) as err:
             logger.error("Ignoring unreadable feed file %s: %s", self.path, err)
-            document = {}
+            return _snapshot_of({})
         if not isinstance(document, dict):
-            document = {}
-        return _snapshot_of(document)
+            return _snapshot_of({})
+        # The file's own bytes name the version, with no second serialisation.
+        return _snapshot_of(document, hashlib.sha256(raw).hexdigest()[:16])
 
     def _refresh_lock(self, blocking: bool) -> _RefreshLock:
         return _RefreshLock(self.refresh_lock_path, blocking)
@@ -398,11 +408,14 @@ class _RefreshLock:
             self.fd = None
 
 
-def _snapshot_of(document: dict[str, Any]) -> Snapshot:
+def _snapshot_of(document: dict[str, Any], version: str | None = None) -> Snapshot:
     posts = document.get("posts")
-    body = json.dumps(
-        [posts, document.get("fetched_at"), document.get("failed_at")], sort_keys=True
-    )
+    if version is None:
+        body = json.dumps(
+            [posts, document.get("fetched_at"), document.get("failed_at")],
+            sort_keys=True,
+        )
+        version = hashlib.sha256(body.encode()).hexdigest()[:16]
     return Snapshot(
         posts=posts if isinstance(posts, list) else None,
         account=document.get("account") or {},
@@ -411,7 +424,7 @@ def _snapshot_of(document: dict[str, Any]) -> Snapshot:
         failed_at=parse_iso(document.get("failed_at")),
         retry_at=parse_iso(document.get("retry_at")),
         failures=int(document.get("failures") or 0),
-        version=hashlib.sha256(body.encode()).hexdigest()[:16],
+        version=version,
         links_expire_at=_links_expire_at(posts if isinstance(posts, list) else []),
     )
 

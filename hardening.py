@@ -44,10 +44,9 @@ class HttpsAwareSessionInterface(SecureCookieSessionInterface):
 def add_security_headers(response: Response) -> Response:
     """Add nosniff everywhere, a CSP on HTML pages, and HSTS and Secure over HTTPS."""
     response.headers.setdefault("X-Content-Type-Options", "nosniff")
-    if (
-        response.mimetype == "text/html"
-        and "Content-Security-Policy" not in response.headers
-    ):
+    # A 304 has no body to protect, and is the cheapest response to keep cheap.
+    is_page = response.mimetype == "text/html" and response.status_code != 304
+    if is_page and "Content-Security-Policy" not in response.headers:
         response.headers["Content-Security-Policy"] = page_policy()
     if request.is_secure:
         response.headers.setdefault("Strict-Transport-Security", HSTS)

@@ -132,10 +132,10 @@ def current_feed() -> tuple[Snapshot, bool]:
     Raises FeedError when there is nothing saved to serve.
     """
     cache = instagram_feed()
-    record = token_store().get("instagram")
+    record = token_store().peek("instagram")
     usable = record is not None and record.get("status") != "reauthorization_required"
     if usable:
-        snapshot = cache.get(instagram_fetch())
+        snapshot = cache.get_lazily(instagram_fetch)
         return snapshot, snapshot.is_stale(now(), cache.ttl)
 
     snapshot = cache.snapshot()
@@ -287,7 +287,8 @@ def feed_response(view: str, page_format: str | None = None) -> Response:
         page_format,
         snapshot.version,
         stale,
-        request.host_url,
+        request.scheme,
+        request.host,
         tuple(sorted(request.args.items(multi=True))),
     )
     cache = rendered_cache()
@@ -447,9 +448,13 @@ def embed_policy() -> str:
 @bp.after_request
 def add_cors(response: Response) -> Response:
     """Allow the configured origins to read feed responses, and vary on Origin."""
-    response.vary.add("Origin")
-    if request.endpoint in ("images.images", "images.embed_page"):
-        response.vary.add("Accept")
+    # Set as one string: parsing and rebuilding the Vary header set per request
+    # costs more than the rest of a cached response.
+    varies_on_accept = "Accept" in response.headers.get("Vary", "")
+    if varies_on_accept or request.endpoint in ("images.images", "images.embed_page"):
+        response.headers["Vary"] = "Origin, Accept"
+    else:
+        response.headers["Vary"] = "Origin"
     origin = request.headers.get("Origin")
     origins = allowed_origins()
     if "*" in origins:

@@ -99,20 +99,20 @@ def _proxied_child(post_id: str, child: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sizes(post_id: str, child_id: str | None) -> dict[str, str]:
-    sizes = {}
-    for width in widths():
-        if child_id is None:
-            url = url_for("media.image", post_id=post_id, width=width, _external=True)
-        else:
-            url = url_for(
-                "media.child_image",
-                post_id=post_id,
-                child_id=child_id,
-                width=width,
-                _external=True,
-            )
-        sizes[str(width)] = url
-    return sizes
+    # One url_for per call and string formatting for the rest: a page of 12
+    # albums needs some 200 URLs, and url_for costs about 10 µs each.
+    if child_id is None:
+        template = url_for("media.image", post_id=post_id, width="0", _external=True)
+    else:
+        template = url_for(
+            "media.child_image",
+            post_id=post_id,
+            child_id=child_id,
+            width="0",
+            _external=True,
+        )
+    prefix = template.removesuffix("/0.jpg")
+    return {str(width): f"{prefix}/{width}.jpg" for width in widths()}
 
 
 @bp.app_template_filter("image_sources")

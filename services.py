@@ -40,6 +40,8 @@ class Services:
     # The loopback URL of this server's sandbox, learnt from the last request,
     # for background threads that have no request of their own.
     sandbox_url: str | None = None
+    # When public requests last looked for due tokens, by the app's clock.
+    token_checked_at: datetime | None = None
     clients_lock: threading.Lock = field(default_factory=threading.Lock)
 
 

@@ -81,14 +81,20 @@ def file_lock(path: Path) -> Iterator[None]:
         os.close(fd)
 
 
-def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
+def write_json_atomic(
+    path: Path, data: Any, mode: int = 0o600, compact: bool = False
+) -> None:
     """Replace `path` with `data` as JSON, atomically and durably.
 
     Raises TokenStoreWriteError, naming the file and the fix, when the folder is
     read-only or full; the previous file is then left as it was.
     """
     path = Path(path)
-    body = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
+    if compact:
+        # Large caches (the feeds) skip indentation, which doubles their size.
+        body = json.dumps(data, ensure_ascii=False, separators=(",", ":")) + "\n"
+    else:
+        body = json.dumps(data, indent=2, ensure_ascii=False, sort_keys=True) + "\n"
     temp_name = None
     try:
         fd, temp_name = tempfile.mkstemp(
@@ -167,6 +173,18 @@ class TokenStore:
         """Return a copy of the provider's record, or None when it has none."""
         record = self._document()["providers"].get(provider)
         return copy.deepcopy(record)
+
+    def peek(self, provider: str) -> dict[str, Any] | None:
+        """Return the provider's cached record without copying it; never change it.
+
+        For the hot path of public requests, where a deep copy per request
+        would cost more than the rest of the check.
+        """
+        return self._document()["providers"].get(provider)
+
+    def peek_all(self) -> dict[str, dict[str, Any]]:
+        """Return every cached record without copying; never change them."""
+        return self._document()["providers"]
 
     def all(self) -> dict[str, dict[str, Any]]:
         """Return a copy of every provider's record, keyed by provider name."""

@@ -19,7 +19,7 @@ from flask import current_app, has_request_context
 import notify
 from instagram import InstagramError, TokenInvalidError
 from providers import PROVIDERS
-from services import instagram_endpoints, now, token_store, x_endpoints
+from services import instagram_endpoints, now, services, token_store, x_endpoints
 from timeutil import parse_iso, to_iso
 from token_store import TokenStoreError
 from x_errors import XAuthError, XError
@@ -41,6 +41,8 @@ REJECTED_ERRORS = (TokenInvalidError, XAuthError)
 PROVIDER_ERRORS = (InstagramError, XError)
 
 _background_lock = threading.Lock()
+# Public requests look for due tokens at most this often in each process.
+BACKGROUND_CHECK = timedelta(seconds=30)
 
 
 @dataclass(frozen=True)
@@ -320,8 +322,13 @@ def refresh_in_background_if_due() -> None:
     Called on public requests, so it only reads the cached token file; the
     refresh itself checks again under the lock.
     """
+    app_services = services()
     moment = now()
-    for provider, record in token_store().all().items():
+    checked = app_services.token_checked_at
+    if checked is not None and timedelta(0) <= moment - checked < BACKGROUND_CHECK:
+        return
+    app_services.token_checked_at = moment
+    for provider, record in token_store().peek_all().items():
         if provider not in PROVIDERS or not is_due_for(provider, record, moment):
             continue
         last_try = parse_iso(record.get("refresh_attempted_at"))

@@ -326,7 +326,7 @@ def tweets_response(view: str, embed: bool = False) -> Response:
         return error_response(400, "invalid_parameter", err.message, err.parameter)
 
     try:
-        snapshot = cache.get(x_fetch(view, query, exclude))
+        snapshot = cache.get_lazily(lambda: x_fetch(view, query, exclude))
     except FeedError as err:
         return _finish(_unavailable(err, embed, page_format), embed)
     stale = snapshot.is_stale(now(), cache.ttl)
@@ -338,7 +338,8 @@ def tweets_response(view: str, embed: bool = False) -> Response:
         page_format,
         snapshot.version,
         stale,
-        request.host_url,
+        request.scheme,
+        request.host,
         tuple(sorted(request.args.items(multi=True))),
     )
     rendered = rendered_cache()

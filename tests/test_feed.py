@@ -576,7 +576,9 @@ def test_other_instance_write_seen(cache, feed_path, clock):
 
 
 def make_writes_fail(monkeypatch: pytest.MonkeyPatch) -> None:
-    def write_json_atomic(path: Path, data: Any, mode: int = 0o600) -> None:
+    def write_json_atomic(
+        path: Path, data: Any, mode: int = 0o600, **options: Any
+    ) -> None:
         raise TokenStoreWriteError(f"Cannot write {path}: Read-only file system.")
 
     monkeypatch.setattr(feed, "write_json_atomic", write_json_atomic)

@@ -7,9 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
-from cryptography.fernet import Fernet
-
 from conftest import TEST_PASSWORD
+from cryptography.fernet import Fernet
 
 CLIENT_SECRET = "hardening-app-secret"
 
@@ -217,7 +216,11 @@ def test_trusted_hosts_build_redirect_uri(make_app, real_config):
 # --- encryption at rest ---------------------------------------------------
 
 
-RECORD = {"access_token": "SECRET-ACCESS-TOKEN", "username": "owner", "status": "active"}
+RECORD = {
+    "access_token": "SECRET-ACCESS-TOKEN",
+    "username": "owner",
+    "status": "active",
+}
 
 
 def test_encrypted_store_hides_token(make_app, real_config, tmp_path):

@@ -784,6 +784,8 @@ def test_images_refresh_running_not_repeated(real_app, graph, clock):
         return refreshed_body()
 
     graph.get(REFRESH_URL, json=slow_refresh)
+    # Requests look for due tokens at most every 30 seconds.
+    clock.moment += tokens.BACKGROUND_CHECK + timedelta(seconds=1)
     client.get("/images")
     assert started.wait(10)
     for _ in range(3):
