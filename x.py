@@ -32,6 +32,7 @@ from x_errors import (
     XRateLimitedError,
     XUnavailableError,
     parse_response,
+    read_limited_body,
     transport_error,
 )
 from x_items import XPage, page_from_payload, required_str, user_from_payload
@@ -73,6 +74,9 @@ EXCLUDE_VALUES = frozenset({"replies", "retweets"})
 _USERNAME = re.compile(r"[A-Za-z0-9_]{1,15}")
 _USER_ID = re.compile(r"[0-9]{1,20}")
 _LOG_LINE = "X %s %s -> %s in %.0f ms"
+# Seconds a whole call may take, and the largest body read (X pages are small).
+RESPONSE_DEADLINE_SECONDS = 30.0
+MAX_RESPONSE_BYTES = 8 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -437,8 +441,11 @@ class XClient:
         self._check_limit(limit_key, where)
 
         started = time.perf_counter()
+        deadline = time.monotonic() + RESPONSE_DEADLINE_SECONDS
         try:
-            response = self._session.request(
+            # No redirect is followed: it would re-send the token, the
+            # signature or the client secret to wherever Location points.
+            with self._session.request(
                 method,
                 url,
                 params=params,
@@ -446,14 +453,27 @@ class XClient:
                 headers=headers,
                 auth=auth,
                 timeout=self._timeout,
-            )
+                allow_redirects=False,
+                stream=True,
+            ) as response:
+                read_limited_body(response, where, deadline, MAX_RESPONSE_BYTES)
         except requests.RequestException as err:
             elapsed_ms = (time.perf_counter() - started) * 1000
             logger.info(_LOG_LINE, method, path, type(err).__name__, elapsed_ms)
             # `from None`: requests' messages repeat the URL and its query.
             raise transport_error(err, where) from None
+        except XUnavailableError:
+            elapsed_ms = (time.perf_counter() - started) * 1000
+            logger.info(_LOG_LINE, method, path, "unread body", elapsed_ms)
+            raise
         elapsed_ms = (time.perf_counter() - started) * 1000
         logger.info(_LOG_LINE, method, path, response.status_code, elapsed_ms)
+        if response.is_redirect:
+            host = urlsplit(response.headers.get("Location", "")).hostname or "a path"
+            raise XUnavailableError(
+                f"X answered {where} with a redirect to {host}, which is not "
+                "followed. Check X_API_URL and X_TOKEN_URL."
+            )
 
         self._remember_limit(limit_key, response.headers)
         masked = (secrets or []) + _auth_secrets(auth)

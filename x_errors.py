@@ -11,10 +11,12 @@ name the call's method and path but never its query or a secret.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from typing import Any
 
 import requests
+import urllib3
 
 DEFAULT_RESET_SECONDS = 900
 USER_CONTEXT_HINT = (
@@ -368,3 +370,36 @@ def _as_int(value: Any) -> int | None:
     if isinstance(value, str) and value.strip().isdigit():
         return int(value)
     return None
+
+
+def read_limited_body(
+    response: requests.Response, where: str, deadline: float, max_bytes: int
+) -> None:
+    """Read a streamed body into `response.content` before `deadline` (monotonic).
+
+    The read timeout bounds only each wait, so a body that trickles in would
+    otherwise hold the caller as long as the server likes. Raises
+    XUnavailableError past the deadline, beyond `max_bytes`, or on a broken
+    connection.
+    """
+    chunks: list[bytes] = []
+    total = 0
+    try:
+        while True:
+            if time.monotonic() > deadline:
+                raise XUnavailableError(f"X's response to {where} timed out.")
+            chunk = response.raw.read1(64 * 1024, decode_content=True)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > max_bytes:
+                raise XUnavailableError(
+                    f"X's response to {where} is over {max_bytes} bytes; refused."
+                )
+            chunks.append(chunk)
+    except (urllib3.exceptions.HTTPError, OSError) as err:
+        raise XUnavailableError(
+            f"Reading X's response to {where} failed ({type(err).__name__}). "
+            "Try again later."
+        ) from None
+    response._content = b"".join(chunks)
