@@ -107,6 +107,10 @@ def test_openapi_describes_public_routes() -> None:
         "/media/{post_id}/{width}.jpg",
         "/media/{post_id}/{child_id}/{width}.jpg",
         "/healthz",
+        "/tweets",
+        "/tweets/search",
+        "/tweets/liked",
+        "/tweets/embed",
     }
 
 
