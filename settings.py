@@ -168,13 +168,15 @@ def resolve_mode(config: dict[str, Any], instance_path: Path) -> None:
     """
     switch = config.get("OWNFEED_SANDBOX")
     has_client = bool(config.get("INSTAGRAM_CLIENT_ID"))
+    # A site may show only its X posts, so X keys alone also mean real mode.
+    has_provider = has_client or x_configured(config)
     if switch is None:
-        config["OWNFEED_SANDBOX"] = not has_client
-    elif switch is False and not has_client:
+        config["OWNFEED_SANDBOX"] = not has_provider
+    elif switch is False and not has_provider:
         raise ConfigError(
-            "OWNFEED_SANDBOX is 0 but INSTAGRAM_CLIENT_ID is not set. Set "
+            "OWNFEED_SANDBOX is 0 but no provider is configured. Set "
             "INSTAGRAM_CLIENT_ID and INSTAGRAM_CLIENT_SECRET to the Instagram app ID "
-            "and secret, or remove OWNFEED_SANDBOX to use the sandbox."
+            "and secret (or the X keys), or remove OWNFEED_SANDBOX to use the sandbox."
         )
 
     if config.get("ADMIN_PASSWORD") and config.get("ADMIN_PASSWORD_HASH"):
@@ -196,7 +198,10 @@ def resolve_mode(config: dict[str, Any], instance_path: Path) -> None:
         if not config.get("SECRET_KEY"):
             config["SECRET_KEY"] = _instance_secret_key(instance_path)
         return
-    for key in ("INSTAGRAM_CLIENT_SECRET", "SECRET_KEY"):
+    required = (
+        ("INSTAGRAM_CLIENT_SECRET", "SECRET_KEY") if has_client else ("SECRET_KEY",)
+    )
+    for key in required:
         if not config.get(key):
             raise ConfigError(f"{key} is not set. {_MISSING_HINTS[key]}")
     if not (config.get("ADMIN_PASSWORD") or config.get("ADMIN_PASSWORD_HASH")):

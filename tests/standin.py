@@ -528,3 +528,73 @@ def token_record(
         "last_error": None,
         "refresh_failures": 0,
     }
+
+
+# --- a working X API v2 --------------------------------------------------------
+
+X_USERNAME = "standin_owner"
+X_USER_ID = "1500000000000000042"
+X_POST_BASE = 1_800_000_000_000_000_000
+
+
+class FakeX:
+    """Working X API v2 endpoints for app-only reads on a StandIn.
+
+    Paths: GET /2/users/by/username/<X_USERNAME> and GET /2/users/<X_USER_ID>/tweets
+    (one page of `post_count` posts, newest first, with the author in
+    includes.users).
+    """
+
+    def __init__(self, standin: StandIn, post_count: int = 20) -> None:
+        self.standin = standin
+        self.post_count = post_count
+
+    def path(self, step: str) -> str:
+        """Return the stand-in path of a named step."""
+        paths = {
+            "user_lookup": f"/2/users/by/username/{X_USERNAME}",
+            "timeline": f"/2/users/{X_USER_ID}/tweets",
+        }
+        return paths[step]
+
+    def config(self) -> dict[str, str]:
+        """Return the X_* settings that point ownfeed at this stand-in."""
+        return {
+            "X_API_URL": self.standin.url,
+            "X_TOKEN_URL": f"{self.standin.url}/2/oauth2/token",
+            "X_USERNAME": X_USERNAME,
+        }
+
+    def install(self) -> FakeX:
+        """Route every working endpoint; return self."""
+        self.standin.route("GET", self.path("user_lookup"), self.user_lookup)
+        self.standin.route("GET", self.path("timeline"), self.timeline)
+        return self
+
+    # --- endpoints --------------------------------------------------------------
+
+    def user(self) -> dict[str, Any]:
+        return {"id": X_USER_ID, "username": X_USERNAME, "name": "Stand-in Owner"}
+
+    def user_lookup(self, request: Request) -> Reply:
+        return json_reply({"data": self.user()})
+
+    def timeline(self, request: Request) -> Reply:
+        posts = [self.post(number) for number in range(self.post_count)]
+        return json_reply(
+            {
+                "data": posts,
+                "includes": {"users": [self.user()]},
+                "meta": {"result_count": len(posts)},
+            }
+        )
+
+    def post(self, number: int) -> dict[str, Any]:
+        """Return post `number`; a higher number is an older post."""
+        return {
+            "id": str(X_POST_BASE + self.post_count - number),
+            "text": f"Stand-in post {number}",
+            "author_id": X_USER_ID,
+            "created_at": f"2026-11-28T{23 - number % 24:02d}:00:00.000Z",
+            "lang": "en",
+        }

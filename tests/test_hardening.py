@@ -281,3 +281,17 @@ def test_invalid_encryption_key_rejected(make_app, real_config):
 
     with pytest.raises(ConfigError, match="TOKEN_ENCRYPTION_KEY"):
         make_app(**real_config, TOKEN_ENCRYPTION_KEY="not-a-key")
+
+
+def test_x_only_site_runs_in_real_mode(make_app):
+    app = make_app(
+        OWNFEED_SANDBOX=None,
+        X_BEARER_TOKEN="x-only-bearer-token",
+        X_USERNAME="jack",
+        ADMIN_PASSWORD=TEST_PASSWORD,
+    )
+    assert app.config["OWNFEED_SANDBOX"] is False
+    client = app.test_client()
+    assert client.get("/images").status_code == 503
+    report = client.get("/healthz").get_json()["providers"]["instagram"]
+    assert report["problems"] == []
