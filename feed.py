@@ -66,7 +66,7 @@ class FeedError(Exception):
 
 @dataclass(frozen=True)
 class Fetched:
-    """What one successful fetch returns."""
+    """The result of one successful fetch: posts and account."""
 
     posts: list[dict[str, Any]]
     account: dict[str, Any]

@@ -49,7 +49,7 @@ class MediaError(Exception):
 
 
 class SourceExpired(MediaError):
-    """The CDN answered 403 or 404: the signed URL expired or the file is gone."""
+    """The CDN returned 403 or 404: the signed URL expired or the file is gone."""
 
 
 def media_folder() -> Path:
@@ -210,9 +210,9 @@ def download_image(url: str, max_bytes: int | None = None) -> bytes:
     try:
         with _session.get(url, stream=True, timeout=DOWNLOAD_TIMEOUT) as response:
             if response.status_code in (403, 404):
-                raise SourceExpired(f"The CDN answered {response.status_code}.")
+                raise SourceExpired(f"The CDN returned HTTP {response.status_code}.")
             if response.status_code != 200:
-                raise MediaError(f"The CDN answered {response.status_code}.")
+                raise MediaError(f"The CDN returned HTTP {response.status_code}.")
             content_type = response.headers.get("Content-Type", "")
             if not content_type.startswith("image/"):
                 raise MediaError(

@@ -61,7 +61,7 @@ class StateError(Exception):
 
 @dataclass(frozen=True)
 class PendingAuthorization:
-    """What the callback needs from the authorize step."""
+    """The redirect URI and PKCE verifier saved at the authorize step."""
 
     redirect_uri: str
     code_verifier: str | None

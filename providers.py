@@ -1,7 +1,7 @@
 """The providers an owner can connect, each adapting its API client to the admin flow.
 
-The authorization-code flow in `oauth.py` knows nothing of Instagram: it asks a
-provider for its authorize URL and hands it the code, and the provider returns
+The authorization-code flow in `oauth.py` has no Instagram-specific code. It
+asks a provider for its authorize URL and hands it the code, and the provider returns
 the record to keep in the token store.
 """
 
@@ -22,7 +22,7 @@ logger = logging.getLogger(__name__)
 
 
 class Provider(Protocol):
-    """What the authorization-code flow needs from a provider."""
+    """The interface the authorization-code flow uses to talk to a provider."""
 
     name: str
     title: str

@@ -257,7 +257,7 @@ class TokenStore:
             self._forget_cache()
 
     def is_encrypted_on_disk(self) -> bool:
-        """Tell whether the file on disk holds encrypted providers."""
+        """Tell whether the file on disk contains encrypted providers."""
         try:
             return '"encrypted"' in self.path.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError):

@@ -639,7 +639,7 @@ def test_media_cdn_error_rejected(app, client, instagram):
 
     response = client.get(media_path(1, 320))
 
-    assert_rejected(app, response, "The CDN answered 500")
+    assert_rejected(app, response, "The CDN returned HTTP 500")
 
 
 def test_media_non_http_url_never_requested(app, client, instagram):
@@ -801,7 +801,7 @@ def test_media_renewal_without_token(make_media_app, instagram):
     response = app.test_client().get(media_path(1, 320))
 
     assert response.status_code == 502
-    assert "The CDN answered 403" in response.get_data(as_text=True)
+    assert "The CDN returned HTTP 403" in response.get_data(as_text=True)
     assert "No Instagram account is connected" in response.get_data(as_text=True)
     assert instagram.media_calls() == []
 
