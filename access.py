@@ -1,4 +1,4 @@
-"""Who may use the admin pages, for the admin blueprint and the sandbox's panels.
+"""Access control for the admin pages and the sandbox's control panels.
 
 It depends on nothing but Flask, so any blueprint can import it.
 """

@@ -135,7 +135,7 @@ def _csrf_failed(error: CSRFError) -> tuple[str, int]:
 
 
 def _token_store_failed(error: TokenStoreError) -> Response | tuple[str, int]:
-    """Answer 503 when the token file cannot be read, without exposing its path."""
+    """Return a 503 when the token file cannot be read, without exposing its path."""
     logger.error("The token store failed: %s", error)
     if request.blueprint == "admin":
         page = render_template("message.html", title="Token file", message=str(error))

@@ -73,7 +73,7 @@ class Fetched:
 
 
 # A fetch callable returns Fetched or raises FeedError; it is prepared in the
-# request (which knows the server's address) and may run in a background thread.
+# request (which has the server's address) and may run in a background thread.
 Fetch = Callable[[], Fetched]
 
 

@@ -5,7 +5,7 @@
 - Every response gets `X-Content-Type-Options: nosniff`.
 - Over HTTPS, responses get HSTS and the session cookie gets `Secure`. Whether a
   request came over HTTPS behind a reverse proxy is read from X-Forwarded-*
-  headers only when TRUSTED_PROXIES says how many proxies to trust.
+  headers only when TRUSTED_PROXIES sets how many proxies to trust.
 """
 
 from __future__ import annotations

@@ -345,7 +345,7 @@ def next_page_url(cursor: str) -> str:
 
 
 def cacheable_response(body: bytes, etag: str, page_format: str) -> Response:
-    """Answer with `body`, or 304 when If-None-Match names `etag` (unquoted)."""
+    """Return `body`, or a 304 when If-None-Match contains `etag` (unquoted)."""
     mimetype = "application/json" if page_format == "json" else "text/html"
     # Werkzeug parses If-None-Match into unquoted tags; the weak comparison
     # (RFC 9110, section 13.1.2) also matches W/"..." and "*".
@@ -374,7 +374,7 @@ def error_response(
 
 
 def unavailable_response(err: FeedError, view: str, page_format: str) -> Response:
-    """Answer 503: JSON names the problem, and HTML is an empty grid for visitors."""
+    """Return a 503: JSON names the problem, and HTML is an empty grid for visitors."""
     code = PUBLIC_ERRORS.get(err.code, "upstream_unavailable")
     if page_format == "json":
         response = error_response(503, code, err.message)

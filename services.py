@@ -21,7 +21,7 @@ from instagram import Endpoints, InstagramClient
 from token_store import TokenStore
 from x import XClient, XEndpoints
 
-# Where `flask run` listens unless told otherwise; used in sandbox mode when no
+# Where `flask run` listens by default; used in sandbox mode when no
 # request says where the server is (the `flask token` and `flask feed` commands).
 DEFAULT_LOCAL_URL = "http://127.0.0.1:5000"
 # The server writes its own loopback URL here on its first request, for those commands.

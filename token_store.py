@@ -1,6 +1,6 @@
 """The JSON-file token store, and the safe-file helpers the other caches reuse.
 
-`instance/tokens.json` holds one record per provider. Every write goes to a
+`instance/tokens.json` contains one record per provider. Every write goes to a
 temporary file in the same folder, is flushed and fsynced, and replaces the old
 file with `os.replace`, so a reader or a crash sees the old file or the new one,
 never a mix. Writers take an exclusive `flock` on a sibling `.lock` file, which

@@ -47,7 +47,7 @@ BACKGROUND_CHECK = timedelta(seconds=30)
 
 @dataclass(frozen=True)
 class RefreshResult:
-    """What one refresh attempt did, for a command's exit code or the admin page."""
+    """The outcome of one refresh attempt, for a command's exit code or the admin."""
 
     provider: str
     outcome: str

@@ -471,7 +471,7 @@ class XClient:
         if response.is_redirect:
             host = urlsplit(response.headers.get("Location", "")).hostname or "a path"
             raise XUnavailableError(
-                f"X answered {where} with a redirect to {host}, which is not "
+                f"X returned a redirect to {host} for {where}, which is not "
                 "followed. Check X_API_URL and X_TOKEN_URL."
             )
 

@@ -394,7 +394,7 @@ def read_limited_body(
             total += len(chunk)
             if total > max_bytes:
                 raise XUnavailableError(
-                    f"X's response to {where} is over {max_bytes} bytes; refused."
+                    f"X's response to {where} is over {max_bytes} bytes: rejected."
                 )
             chunks.append(chunk)
     except (urllib3.exceptions.HTTPError, OSError) as err:

@@ -158,7 +158,7 @@ X_FAULTS = (
         "not JSON",
     ),
     Fault("wrong_shape", lambda s, f, n: json_reply(s.wrong_shape), "lacks"),
-    Fault("ten_megabytes", _ten_megabytes, "bytes; refused"),
+    Fault("ten_megabytes", _ten_megabytes, "bytes: rejected"),
     Fault("rate_limit_reset", _rate_limited, "rate limit"),
     Fault("usage_capped", _usage_capped, "usage cap"),
     Fault("unauthorized", _unauthorized, "rejected the credentials"),
