@@ -15,9 +15,10 @@ import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
+from urllib.parse import quote, unquote_plus
 
 from flask import (
     Blueprint,
@@ -26,7 +27,6 @@ from flask import (
     render_template,
     request,
     send_from_directory,
-    url_for,
 )
 
 import media
@@ -47,6 +47,12 @@ MAX_LIMIT = 100
 # How long browsers and CDNs may reuse a response before asking again.
 BROWSER_CACHE_SECONDS = 60
 RENDERED_CACHE_SIZE = 256
+FEED_CACHE_CONTROL = (
+    f"public, max-age={BROWSER_CACHE_SECONDS}, stale-while-revalidate=300"
+)
+HTML_TYPE = "text/html; charset=utf-8"
+# The endpoints whose format may come from the Accept header.
+FEED_ENDPOINTS = ("images.images", "images.embed_page")
 PUBLIC_ERRORS = {
     "not_connected": "not_connected",
     "reauthorization_required": "reauthorization_required",
@@ -188,20 +194,24 @@ def decode_cursor(text: str | None) -> tuple[str, str] | None:
 
 
 def parse_format(text: str | None) -> str:
+    req = request._get_current_object()
     if text in ("json", "html"):
         return text
     if text:
         raise ParameterError(
             "format", f"format must be json or html; got {text[:20]!r}."
         )
-    best = request.accept_mimetypes.best_match(["application/json", "text/html"])
+    if not req.environ.get("HTTP_ACCEPT"):
+        return "json"
+    best = req.accept_mimetypes.best_match(["application/json", "text/html"])
     return "html" if best == "text/html" else "json"
 
 
 def parse_search() -> tuple[search.Query | None, frozenset[str] | None]:
+    req = request._get_current_object()
     try:
-        return search.parse_query(request.args.get("q")), search.parse_types(
-            request.args.get("type")
+        return search.parse_query(req.args.get("q")), search.parse_types(
+            req.args.get("type")
         )
     except search.QueryError as err:
         raise ParameterError(err.parameter, err.message) from None
@@ -222,37 +232,69 @@ def select_page(
     Posts are ordered newest first by (timestamp, id), so a cursor names a place
     in that order and stays valid when the feed is refetched.
     """
-    posts = search.filter_posts(
-        snapshot.posts or [], snapshot.search_keys(), query, types
-    )
-    if cursor is not None:
-        posts = [
-            post for post in posts if (post["timestamp"] or "", post["id"]) < cursor
-        ]
-    page = posts[:limit]
-    has_more = len(posts) > limit
-    return page, (page[-1] if has_more and page else None)
+    posts = snapshot.posts or []
+    page: list[dict[str, Any]] = []
+    for position in search.positions(snapshot.search_index().select(query, types)):
+        post = posts[position]
+        if cursor is not None and (post["timestamp"] or "", post["id"]) >= cursor:
+            continue
+        if len(page) == limit:
+            return page, page[-1]
+        page.append(post)
+    return page, None
 
 
 # --- responses ------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    """A rendered feed body, with the feed version and staleness it shows."""
+
+    version: str
+    stale: bool
+    page_format: str
+    body: bytes
+    etag: str
+    # The request's parsed parameters, valid for as long as the entry is kept.
+    parameters: Any
+
+    @classmethod
+    def of(
+        cls,
+        snapshot: Snapshot,
+        stale: bool,
+        page_format: str,
+        body: bytes,
+        parameters: Any,
+    ) -> Rendered:
+        etag = hashlib.sha256(body).hexdigest()[:32]
+        return cls(snapshot.version, stale, page_format, body, etag, parameters)
+
+    def shows(self, snapshot: Snapshot, stale: bool) -> bool:
+        return self.version == snapshot.version and self.stale == stale
+
+    def response(self, vary: str = "Origin, Accept") -> Response:
+        """Return the body (or a 304) with its caching and CORS headers."""
+        return cacheable_response(self.body, self.etag, self.page_format, vary)
+
+
 class RenderedCache:
-    """Rendered bodies keyed by feed version and request, least recently used out."""
+    """Rendered bodies keyed by request, least recently used out."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self.entries: OrderedDict[tuple, tuple[bytes, str]] = OrderedDict()
+        self.entries: OrderedDict[tuple, Rendered] = OrderedDict()
         self.lock = threading.Lock()
 
-    def get(self, key: tuple) -> tuple[bytes, str] | None:
+    def get(self, key: tuple) -> Rendered | None:
         with self.lock:
             entry = self.entries.get(key)
             if entry is not None:
                 self.entries.move_to_end(key)
             return entry
 
-    def put(self, key: tuple, entry: tuple[bytes, str]) -> None:
+    def put(self, key: tuple, entry: Rendered) -> None:
         with self.lock:
             self.entries[key] = entry
             self.entries.move_to_end(key)
@@ -267,96 +309,172 @@ def rendered_cache() -> RenderedCache:
     return extensions["ownfeed_rendered"]
 
 
+@dataclass(frozen=True, slots=True)
+class FeedParameters:
+    limit: int
+    cursor: tuple[str, str] | None
+    query: search.Query | None
+    types: frozenset[str] | None
+    page_format: str
+
+
+def parse_feed_parameters(page_format: str | None) -> FeedParameters:
+    """Parse `/images` parameters; raises ParameterError naming the first bad one."""
+    req = request._get_current_object()
+    limit = parse_limit(req.args.get("limit"))
+    cursor = decode_cursor(req.args.get("after"))
+    query, types = parse_search()
+    page_format = page_format or parse_format(req.args.get("format"))
+    return FeedParameters(limit, cursor, query, types, page_format)
+
+
 def feed_response(view: str, page_format: str | None = None) -> Response:
-    """Build the response for `/images` or `/images/embed` from the cached feed."""
-    try:
-        limit = parse_limit(request.args.get("limit"))
-        cursor = decode_cursor(request.args.get("after"))
-        query, types = parse_search()
-        page_format = page_format or parse_format(request.args.get("format"))
-    except ParameterError as err:
-        return error_response(400, "invalid_parameter", err.message, err.parameter)
+    """Build the response for `/images` or `/images/embed` from the cached feed.
+
+    Bodies are kept by the raw request (query string, and Accept when it picks
+    the format) with its parsed parameters, so a repeated request skips
+    parsing them. A kept body is served while the feed version and staleness
+    it shows are current.
+    """
+    req = request._get_current_object()
+    accept = None if page_format else req.environ.get("HTTP_ACCEPT")
+    request_key = (
+        view,
+        page_format,
+        req.query_string,
+        accept,
+        req.scheme,
+        req.host,
+    )
+    cache = rendered_cache()
+    entry = cache.get(request_key)
+    if entry is not None:
+        parameters = entry.parameters
+    else:
+        try:
+            parameters = parse_feed_parameters(page_format)
+        except ParameterError as err:
+            return error_response(400, "invalid_parameter", err.message, err.parameter)
 
     try:
         snapshot, stale = current_feed()
     except FeedError as err:
-        return unavailable_response(err, view, page_format)
+        return unavailable_response(err, view, parameters.page_format)
+    if entry is not None and entry.shows(snapshot, stale):
+        return entry.response()
 
-    key = (
-        view,
-        page_format,
-        snapshot.version,
-        stale,
-        request.scheme,
-        request.host,
-        tuple(sorted(request.args.items(multi=True))),
+    page, last = select_page(
+        snapshot,
+        parameters.query,
+        parameters.types,
+        parameters.cursor,
+        parameters.limit,
     )
-    cache = rendered_cache()
-    entry = cache.get(key)
-    if entry is None:
-        page, last = select_page(snapshot, query, types, cursor, limit)
-        if current_app.config["MEDIA_PROXY"]:
-            page = [media.proxied_post(post) for post in page]
-        else:
-            page = [media.unproxied_post(post) for post in page]
-        next_url = None
-        if last is not None:
-            next_url = next_page_url(encode_cursor(last))
-        body = render_body(view, page_format, snapshot, page, next_url, stale)
-        entry = (body, hashlib.sha256(body).hexdigest()[:32])
-        cache.put(key, entry)
-    return cacheable_response(*entry, page_format)
+    next_url = None
+    if last is not None:
+        next_url = next_page_url(encode_cursor(last))
+    proxy = current_app.config["MEDIA_PROXY"]
+    rewrite = media.proxied_post if proxy else media.unproxied_post
+    if parameters.page_format == "json":
+        # The rewritten URLs depend on the address the request came to.
+        variant = (proxy, req.scheme, req.host, req.script_root)
+        body = json_feed_body(snapshot, page, next_url, stale, rewrite, variant)
+    else:
+        template = "feed/embed.html" if view == "embed" else "feed/grid.html"
+        posts = [rewrite(post) for post in page]
+        body = render_template(template, posts=posts, next_url=next_url).encode()
+    entry = Rendered.of(snapshot, stale, parameters.page_format, body, parameters)
+    cache.put(request_key, entry)
+    return entry.response()
 
 
-def render_body(
-    view: str,
-    page_format: str,
+def json_feed_body(
     snapshot: Snapshot,
     page: list[dict[str, Any]],
     next_url: str | None,
     stale: bool,
+    rewrite: Callable[[dict[str, Any]], dict[str, Any]],
+    variant: tuple,
+    extra: dict[str, Any] | None = None,
 ) -> bytes:
-    if page_format == "json":
-        document = {
-            "data": page,
-            "paging": {"next": next_url},
-            "account": {"username": snapshot.account.get("username")},
-            "fetched_at": to_iso(snapshot.fetched_at),
-            "stale": stale,
-        }
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
-    template = "feed/embed.html" if view == "embed" else "feed/grid.html"
-    return render_template(template, posts=page, next_url=next_url).encode()
+    """Return a feed page as JSON: data, paging, account, fetched_at, stale, `extra`.
+
+    Each post is rewritten and serialised once per feed version and `variant`
+    (what the rewriting depends on), so a page of a new search costs joining
+    strings rather than serialising its posts again.
+    """
+    serialized = snapshot.memo(("json", variant), dict)
+    items = []
+    for post in page:
+        text = serialized.get(post["id"])
+        if text is None:
+            text = serialized[post["id"]] = _json(rewrite(post))
+        items.append(text)
+    rest = {
+        "paging": {"next": next_url},
+        "account": {"username": snapshot.account.get("username")},
+        "fetched_at": to_iso(snapshot.fetched_at),
+        "stale": stale,
+        **(extra or {}),
+    }
+    return f'{{"data":[{",".join(items)}],{_json(rest)[1:]}'.encode()
+
+
+# One encoder for every body: json.dumps builds a new one per call when given
+# options, which costs more than encoding a small document.
+_ENCODER = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"))
+
+
+def _json(value: Any) -> str:
+    return _ENCODER.encode(value)
 
 
 def next_page_url(cursor: str) -> str:
     """Return this request's URL with `after` set to `cursor`.
 
-    The query is encoded here, not passed to `url_for` as keywords, because
-    parameters such as `_external` or `_anchor` are `url_for` options.
+    The other parameters are kept as the request sent them. The feed routes
+    take no path parameters, so the route's rule is the path.
     """
-    arguments = [
-        (name, value)
-        for name, value in request.args.items(multi=True)
-        if name != "after"
+    req = request._get_current_object()
+    raw = req.query_string
+    if not raw.isascii():
+        # Clients that send raw UTF-8 get it percent-encoded, as browsers send it.
+        raw = quote(raw, safe="=&+%/:;,@!$'()*").encode("ascii")
+    kept = [
+        part
+        for part in raw.decode("ascii").split("&")
+        if part and unquote_plus(part.partition("=")[0]) != "after"
     ]
-    arguments.append(("after", cursor))
-    return f"{url_for(request.endpoint, _external=True)}?{urlencode(arguments)}"
+    kept.append(f"after={cursor}")
+    root = quote(req.script_root + req.url_rule.rule)
+    return f"{req.scheme}://{req.host}{root}?{'&'.join(kept)}"
 
 
-def cacheable_response(body: bytes, etag: str, page_format: str) -> Response:
-    """Return `body`, or a 304 when If-None-Match contains `etag` (unquoted)."""
-    mimetype = "application/json" if page_format == "json" else "text/html"
+def cacheable_response(
+    body: bytes, etag: str, page_format: str, vary: str = "Origin, Accept"
+) -> Response:
+    """Return `body`, or a 304 when If-None-Match contains `etag` (unquoted).
+
+    The CORS headers are set here at once, so `add_cors` leaves the response
+    alone: a feed response is built with one list of headers.
+    """
+    req = request._get_current_object()
+    headers = [
+        ("ETag", f'"{etag}"'),
+        ("Cache-Control", FEED_CACHE_CONTROL),
+        *cors_headers(vary),
+    ]
     # Werkzeug parses If-None-Match into unquoted tags; the weak comparison
     # (RFC 9110, section 13.1.2) also matches W/"..." and "*".
-    if request.if_none_match.contains_weak(etag):
-        response = Response(status=304)
+    if req.environ.get("HTTP_IF_NONE_MATCH") and (
+        req.if_none_match.contains_weak(etag)
+    ):
+        response = Response(status=304, headers=headers)
     else:
-        response = Response(body, mimetype=mimetype)
-    response.set_etag(etag)
-    response.headers["Cache-Control"] = (
-        f"public, max-age={BROWSER_CACHE_SECONDS}, stale-while-revalidate=300"
-    )
+        content_type = "application/json" if page_format == "json" else HTML_TYPE
+        headers.append(("Content-Type", content_type))
+        response = Response(body, headers=headers)
+    response.has_cors_headers = True
     return response
 
 
@@ -445,21 +563,27 @@ def embed_policy() -> str:
     )
 
 
+def cors_headers(vary: str) -> list[tuple[str, str]]:
+    """Return Vary, nosniff, and Access-Control-Allow-Origin for an allowed origin."""
+    headers = [("Vary", vary), ("X-Content-Type-Options", "nosniff")]
+    origins = allowed_origins()
+    if "*" in origins:
+        headers.append(("Access-Control-Allow-Origin", "*"))
+    else:
+        origin = request.environ.get("HTTP_ORIGIN")
+        if origin and origin.rstrip("/") in origins:
+            headers.append(("Access-Control-Allow-Origin", origin))
+    return headers
+
+
 @bp.after_request
 def add_cors(response: Response) -> Response:
     """Allow the configured origins to read feed responses, and vary on Origin."""
-    # Set as one string: parsing and rebuilding the Vary header set per request
-    # costs more than the rest of a cached response.
-    varies_on_accept = "Accept" in response.headers.get("Vary", "")
-    if varies_on_accept or request.endpoint in ("images.images", "images.embed_page"):
-        response.headers["Vary"] = "Origin, Accept"
-    else:
-        response.headers["Vary"] = "Origin"
-    origin = request.headers.get("Origin")
-    origins = allowed_origins()
-    if "*" in origins:
-        response.headers["Access-Control-Allow-Origin"] = "*"
-    elif origin and origin.rstrip("/") in origins:
-        response.headers["Access-Control-Allow-Origin"] = origin
-    response.headers["X-Content-Type-Options"] = "nosniff"
+    if getattr(response, "has_cors_headers", False):
+        return response
+    varies_on_accept = request.endpoint in FEED_ENDPOINTS or (
+        "Accept" in response.headers.get("Vary", "")
+    )
+    for name, value in cors_headers("Origin, Accept" if varies_on_accept else "Origin"):
+        response.headers[name] = value
     return response

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from flask import Blueprint, Response, abort, current_app, send_file, url_for
+from flask import Blueprint, Response, abort, current_app, g, send_file, url_for
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from token_store import file_lock
@@ -99,10 +99,15 @@ def _proxied_child(post_id: str, child: dict[str, Any]) -> dict[str, Any]:
 
 
 def _sizes(post_id: str, child_id: str | None) -> dict[str, str]:
-    # One url_for per call and string formatting for the rest: a page of 12
-    # albums needs some 200 URLs, and url_for costs about 10 µs each.
-    if child_id is None:
+    ids = (post_id,) if child_id is None else (post_id, child_id)
+    if all(part.isascii() and part.isdigit() for part in ids):
+        # Digits need no quoting, so string formatting on one url_for per
+        # request gives the same URLs: a page of 12 albums needs some 200,
+        # and url_for costs about 10 µs each.
+        prefix = f"{_media_prefix()}/{'/'.join(ids)}"
+    elif child_id is None:
         template = url_for("media.image", post_id=post_id, width="0", _external=True)
+        prefix = template.removesuffix("/0.jpg")
     else:
         template = url_for(
             "media.child_image",
@@ -111,8 +116,17 @@ def _sizes(post_id: str, child_id: str | None) -> dict[str, str]:
             width="0",
             _external=True,
         )
-    prefix = template.removesuffix("/0.jpg")
+        prefix = template.removesuffix("/0.jpg")
     return {str(width): f"{prefix}/{width}.jpg" for width in widths()}
+
+
+def _media_prefix() -> str:
+    """Return the absolute URL of the media routes for this request, built once."""
+    prefix = g.get("ownfeed_media_prefix")
+    if prefix is None:
+        template = url_for("media.image", post_id="0", width="0", _external=True)
+        prefix = g.ownfeed_media_prefix = template.removesuffix("/0/0.jpg")
+    return prefix
 
 
 @bp.app_template_filter("image_sources")

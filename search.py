@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from bisect import bisect_left
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 MAX_QUERY_LENGTH = 200
@@ -304,27 +305,114 @@ def matches(query: Query, key: SearchKey) -> bool:
     return not any(substring in key.text for substring in query._exclude_substrings)
 
 
+class SearchIndex:
+    """The kept posts' words, hashtags and media types, each mapped to its posts.
+
+    A set of posts is an int whose bit i stands for post i, so a query costs a
+    few bitwise operations per term instead of a check of every caption. Only
+    terms matched as substrings (see the module docstring) scan the captions.
+    The masks of prefixes and substrings are kept, up to `TERM_CACHE_SIZE`.
+    Memory: at most one bit per post for each distinct word and hashtag.
+    """
+
+    TERM_CACHE_SIZE = 4096
+
+    def __init__(
+        self, keys: Sequence[SearchKey], media_types: Sequence[str | None]
+    ) -> None:
+        if len(keys) != len(media_types):
+            raise ValueError(
+                f"SearchIndex needs one media type per search key, but got "
+                f"{len(keys)} keys and {len(media_types)} media types."
+            )
+        self.size = len(keys)
+        self.everything = (1 << self.size) - 1
+        words: dict[str, int] = {}
+        tags: dict[str, int] = {}
+        types: dict[str | None, int] = {}
+        for position, (key, media_type) in enumerate(
+            zip(keys, media_types, strict=True)
+        ):
+            bit = 1 << position
+            for word in key.words:
+                words[word] = words.get(word, 0) | bit
+            for tag in key.tags:
+                tags[tag] = tags.get(tag, 0) | bit
+            types[media_type] = types.get(media_type, 0) | bit
+        self._vocabulary = sorted(words)
+        self._word_masks = [words[word] for word in self._vocabulary]
+        self._tag_masks = tags
+        self._type_masks = types
+        self._texts = [key.text for key in keys]
+        self._term_masks: dict[tuple[bool, str], int] = {}
+
+    def select(self, query: Query | None, types: frozenset[str] | None) -> int:
+        """Return the mask of the posts of a type in `types` that match `query`."""
+        selected = self.everything
+        if types is not None:
+            selected = 0
+            for media_type in types:
+                selected |= self._type_masks.get(media_type, 0)
+        if query is None:
+            return selected
+        for tag in query.include_tags:
+            selected &= self._tag_masks.get(tag, 0)
+        for prefix in query._include_prefixes:
+            selected &= self._term_mask(True, prefix)
+        for substring in query._include_substrings:
+            selected &= self._term_mask(False, substring)
+        for tag in query.exclude_tags:
+            selected &= ~self._tag_masks.get(tag, 0)
+        for prefix in query._exclude_prefixes:
+            selected &= ~self._term_mask(True, prefix)
+        for substring in query._exclude_substrings:
+            selected &= ~self._term_mask(False, substring)
+        return selected
+
+    def _term_mask(self, is_prefix: bool, term: str) -> int:
+        cached = self._term_masks.get((is_prefix, term))
+        if cached is not None:
+            return cached
+        mask = 0
+        if is_prefix:
+            vocabulary = self._vocabulary
+            position = bisect_left(vocabulary, term)
+            while position < len(vocabulary) and vocabulary[position].startswith(term):
+                mask |= self._word_masks[position]
+                position += 1
+        else:
+            for position, text in enumerate(self._texts):
+                if term in text:
+                    mask |= 1 << position
+        if len(self._term_masks) >= self.TERM_CACHE_SIZE:
+            self._term_masks.clear()
+        self._term_masks[(is_prefix, term)] = mask
+        return mask
+
+
+def positions(mask: int) -> Iterator[int]:
+    """Yield the positions of the set bits of `mask`, lowest first."""
+    while mask:
+        lowest = mask & -mask
+        yield lowest.bit_length() - 1
+        mask ^= lowest
+
+
 def filter_posts(
     posts: list[dict],
-    keys: list[SearchKey],
+    index: SearchIndex,
     query: Query | None,
     types: frozenset[str] | None,
 ) -> list[dict]:
-    """Return the posts whose media type is in `types` and whose key matches `query`.
+    """Return the posts whose media type is in `types` and whose caption matches.
 
-    `keys[i]` is `search_key(posts[i]["caption"])`, and a None filter keeps every
-    post. Order is kept. Raises ValueError when the two lists differ in length.
+    `index` is built from the same posts, in the same order; a None filter keeps
+    every post. Order is kept. Raises ValueError when their lengths differ.
     """
-    if len(posts) != len(keys):
+    if len(posts) != index.size:
         raise ValueError(
-            f"filter_posts needs one search key per post, but got {len(posts)} posts "
-            f"and {len(keys)} keys. Rebuild the keys when the feed changes."
+            f"filter_posts needs the index of these posts, but got {len(posts)} "
+            f"posts and an index of {index.size}. Rebuild the index when the "
+            "feed changes."
         )
-    kept = []
-    for post, key in zip(posts, keys, strict=True):
-        if types is not None and post.get("media_type") not in types:
-            continue
-        if query is not None and not matches(query, key):
-            continue
-        kept.append(post)
-    return kept
+    return [posts[position] for position in positions(index.select(query, types))]

@@ -12,6 +12,7 @@ import base64
 import hashlib
 import json
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,11 +23,12 @@ import x_provider
 from feed import FeedCache, FeedError, Fetch, Fetched, Snapshot
 from images import (
     ParameterError,
+    Rendered,
     add_cors,
-    cacheable_response,
     decode_cursor,
     embed_policy,
     error_response,
+    json_feed_body,
     next_page_url,
     parse_format,
     parse_limit,
@@ -34,7 +36,6 @@ from images import (
     unavailable_response,
 )
 from services import now, services, token_store, x_client
-from timeutil import to_iso
 from token_store import file_lock, write_json_atomic
 from tokens import record_token_rejected
 from x_errors import XAuthError, XError, XRateLimitedError
@@ -286,78 +287,104 @@ def _parse_view(text: str | None) -> str:
 # --- responses ------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class TweetsRequest:
+    """The parsed parameters of one X view request, and the feed that serves it."""
+
+    view: str
+    feed_key: str
+    query: str | None
+    local_query: search.Query | None
+    exclude: str | None
+    cursor: tuple[str, str] | None
+    limit: int
+    page_format: str
+
+
+def parse_tweets_request(view: str, embed: bool) -> TweetsRequest:
+    """Parse the request's parameters; raises ParameterError naming a bad one."""
+    limit = parse_limit(request.args.get("limit"))
+    cursor = decode_cursor(request.args.get("after"))
+    page_format = "html" if embed else parse_format(request.args.get("format"))
+    if view == "search":
+        query = _parse_search_query(request.args.get("q"))
+        feed_key = "search-" + hashlib.sha256(query.encode()).hexdigest()[:24]
+        return TweetsRequest(
+            view, feed_key, query, None, None, cursor, limit, page_format
+        )
+    local_query = _parse_local_query()
+    exclude = (
+        _parse_exclude(request.args.get("exclude")) if view == "timeline" else None
+    )
+    feed_key = view if not exclude else f"{view}-{exclude.replace(',', '-')}"
+    return TweetsRequest(
+        view, feed_key, None, local_query, exclude, cursor, limit, page_format
+    )
+
+
 def tweets_response(view: str, embed: bool = False) -> Response:
-    """Build the response for one X view from its cached feed."""
-    page_format = "html" if embed else None
-    try:
-        limit = parse_limit(request.args.get("limit"))
-        cursor = decode_cursor(request.args.get("after"))
-        page_format = page_format or parse_format(request.args.get("format"))
-        if view == "search":
-            query, local_query, exclude = (
-                _parse_search_query(request.args.get("q")),
-                None,
-                None,
-            )
-            key = "search-" + hashlib.sha256(query.encode()).hexdigest()[:24]
-            wait = _search_budget_wait(key)
-            if wait:
-                response = error_response(
-                    429,
-                    "too_many_searches",
-                    "Too many new search queries this hour, and each costs an X API "
-                    f"call. Try again in {wait} seconds, or use a recent query.",
-                    "q",
-                )
-                response.headers["Retry-After"] = str(wait)
-                return response
-            cache = x_feed(key)
-        else:
-            query, local_query = None, _parse_local_query()
-            exclude = (
-                _parse_exclude(request.args.get("exclude"))
-                if view == "timeline"
-                else None
-            )
-            cache = x_feed(
-                view if not exclude else f"{view}-{exclude.replace(',', '-')}"
-            )
-    except ParameterError as err:
-        return error_response(400, "invalid_parameter", err.message, err.parameter)
+    """Build the response for one X view from its cached feed.
 
-    try:
-        snapshot = cache.get_lazily(lambda: x_fetch(view, query, exclude))
-    except FeedError as err:
-        return _finish(_unavailable(err, embed, page_format), embed)
-    stale = snapshot.is_stale(now(), cache.ttl)
-
-    key = (
+    As for `/images`, the rendered body is kept by the raw request with its
+    parsed parameters, so a repeated request skips parsing them.
+    """
+    accept = None if embed else request.environ.get("HTTP_ACCEPT")
+    request_key = (
         "tweets",
         view,
         embed,
-        page_format,
-        snapshot.version,
-        stale,
+        request.query_string,
+        accept,
         request.scheme,
         request.host,
-        tuple(sorted(request.args.items(multi=True))),
     )
     rendered = rendered_cache()
-    entry = rendered.get(key)
-    if entry is None:
-        page, last = _select_page(snapshot, local_query, cursor, limit)
+    entry = rendered.get(request_key)
+    if entry is not None:
+        parsed = entry.parameters
+    else:
+        try:
+            parsed = parse_tweets_request(view, embed)
+        except ParameterError as err:
+            return error_response(400, "invalid_parameter", err.message, err.parameter)
+    if view == "search":
+        wait = _search_budget_wait(parsed.feed_key)
+        if wait:
+            response = error_response(
+                429,
+                "too_many_searches",
+                "Too many new search queries this hour, and each costs an X API "
+                f"call. Try again in {wait} seconds, or use a recent query.",
+                "q",
+            )
+            response.headers["Retry-After"] = str(wait)
+            return response
+
+    cache = x_feed(parsed.feed_key)
+    try:
+        snapshot = cache.get_lazily(
+            lambda: x_fetch(parsed.view, parsed.query, parsed.exclude)
+        )
+    except FeedError as err:
+        return _finish(_unavailable(err, embed, parsed.page_format), embed)
+    stale = snapshot.is_stale(now(), cache.ttl)
+
+    if entry is None or not entry.shows(snapshot, stale):
+        page, last = _select_page(
+            snapshot, parsed.local_query, parsed.cursor, parsed.limit
+        )
         next_url = next_page_url(_encode_cursor(last)) if last is not None else None
-        body = _render(view, embed, page_format, snapshot, page, next_url, stale)
-        entry = (body, hashlib.sha256(body).hexdigest()[:32])
-        rendered.put(key, entry)
-    return _finish(cacheable_response(*entry, page_format), embed)
+        body = _render(view, embed, parsed.page_format, snapshot, page, next_url, stale)
+        entry = Rendered.of(snapshot, stale, parsed.page_format, body, parsed)
+        rendered.put(request_key, entry)
+    return _finish(entry.response("Origin" if embed else "Origin, Accept"), embed)
 
 
 def _finish(response: Response, embed: bool) -> Response:
     """Add the embed page's CSP, or Vary: Accept where `format` may come from it."""
     if embed:
         response.headers["Content-Security-Policy"] = embed_policy()
-    else:
+    elif not getattr(response, "has_cors_headers", False):
         response.vary.add("Accept")
     return response
 
@@ -384,23 +411,28 @@ def _select_page(
     cursor: tuple[str, str] | None,
     limit: int,
 ) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    posts = search.filter_posts(
-        snapshot.posts or [], snapshot.search_keys(), query, None
-    )
-    if cursor is not None:
-        cursor_key = (cursor[0], int(cursor[1]))
-        posts = [
-            post
-            for post in posts
-            if (post.get("created_at") or "", int(post["id"])) < cursor_key
-        ]
-    page = posts[:limit]
-    return page, (page[-1] if len(posts) > limit and page else None)
+    posts = snapshot.posts or []
+    cursor_key = (cursor[0], int(cursor[1])) if cursor is not None else None
+    page: list[dict[str, Any]] = []
+    for position in search.positions(snapshot.search_index().select(query, None)):
+        post = posts[position]
+        if cursor_key is not None and (
+            (post.get("created_at") or "", int(post["id"])) >= cursor_key
+        ):
+            continue
+        if len(page) == limit:
+            return page, page[-1]
+        page.append(post)
+    return page, None
 
 
 def _encode_cursor(post: dict[str, Any]) -> str:
     raw = f"{post.get('created_at') or ''}|{post['id']}".encode()
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unchanged(item: dict[str, Any]) -> dict[str, Any]:
+    return item
 
 
 def _render(
@@ -413,16 +445,10 @@ def _render(
     stale: bool,
 ) -> bytes:
     if page_format == "json":
-        document = {
-            "data": page,
-            "paging": {"next": next_url},
-            "account": {"username": snapshot.account.get("username")},
-            "fetched_at": to_iso(snapshot.fetched_at),
-            "stale": stale,
-        }
-        if view == "search":
-            document["query"] = snapshot.account.get("query")
-        return json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode()
+        extra = {"query": snapshot.account.get("query")} if view == "search" else None
+        return json_feed_body(
+            snapshot, page, next_url, stale, _unchanged, ("x",), extra
+        )
     template = "feed/tweets_embed.html" if embed else "feed/tweets.html"
     return render_template(template, tweets=page, next_url=next_url).encode()
 

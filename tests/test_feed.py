@@ -241,6 +241,48 @@ def test_snapshot_unreadable_file_ignored(cache, feed_path):
     assert snapshot.posts == make_posts("a")
 
 
+class MonotonicClock:
+    """Stands in for time.monotonic in feed, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_get_serves_memory_until_recheck_time(cache, clock, feed_path, monkeypatch):
+    monotonic = MonotonicClock()
+    monkeypatch.setattr(feed.time, "monotonic", monotonic)
+    seed(cache, make_posts("a"))
+    fetch = FakeFetch(make_posts("c"))
+    assert cache.get(fetch).posts == make_posts("a")
+
+    other = FeedCache(feed_path, clock, TTL)
+    seed(other, make_posts("b"))
+    monotonic.now += feed.PUBLIC_RECHECK_SECONDS / 2
+    kept = cache.get(fetch).posts
+    monotonic.now += feed.PUBLIC_RECHECK_SECONDS
+
+    assert kept == make_posts("a")
+    assert cache.get(fetch).posts == make_posts("b")
+    assert fetch.calls == 0
+
+
+def test_get_looks_at_file_before_fetching(cache, clock, feed_path, monkeypatch):
+    monkeypatch.setattr(feed.time, "monotonic", MonotonicClock())
+    seed(cache, make_posts("a"))
+    fetch = FakeFetch(make_posts("c"))
+    assert cache.get(fetch).posts == make_posts("a")
+
+    clock.advance(TTL + 1)
+    other = FeedCache(feed_path, clock, TTL)
+    seed(other, make_posts("b"))
+
+    assert cache.get(fetch).posts == make_posts("b")
+    assert fetch.calls == 0
+
+
 # --- across processes -----------------------------------------------------
 
 
@@ -635,3 +677,22 @@ def test_unwritable_logs_error(cache, monkeypatch, caplog):
     cache.get(FakeFetch(make_posts("a")))
 
     assert "Read-only file system" in caplog.text
+
+
+def test_snapshot_memo_builds_once_and_keeps_at_most_max_keys(cache):
+    seed(cache, make_posts("a"))
+    snapshot = cache.snapshot()
+    builds: list[int] = []
+
+    def build(key: int) -> dict:
+        builds.append(key)
+        return {"key": key}
+
+    for key in range(feed.MAX_MEMO_KEYS + 2):
+        snapshot.memo(key, lambda key=key: build(key))
+    kept = snapshot.memo(0, lambda: build(0))
+    past_limit = feed.MAX_MEMO_KEYS + 1
+    snapshot.memo(past_limit, lambda: build(past_limit))
+
+    assert kept == {"key": 0}
+    assert builds == [*range(feed.MAX_MEMO_KEYS + 2), past_limit]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, datetime, timedelta
 from html.parser import HTMLParser
@@ -13,6 +14,7 @@ import requests
 import requests_mock as requests_mock_module
 
 import images
+from feed import Snapshot
 from timeutil import to_iso
 
 GRAPH_URL = "https://graph.instagram.test"
@@ -539,6 +541,37 @@ def test_images_paging_next_url_for_keywords(client, connected, extra):
     assert response.status_code == 200
     assert next_url.startswith("http://localhost/images?")
     assert "#" not in next_url
+
+
+@pytest.mark.parametrize(
+    ("query_string", "kept"),
+    [
+        (b"limit=1&q=p%C3%B6st+-%23none", "limit=1&q=p%C3%B6st+-%23none"),
+        (b"limit=1&aft%65r=&q=post", "limit=1&q=post"),
+        (b"limit=1&after&q=post&", "limit=1&q=post"),
+        (b"limit=1&q=p\xc3\xb6st", "limit=1&q=p%C3%B6st"),
+    ],
+)
+def test_images_paging_next_url_keeps_other_parameters(
+    client, connected, query_string, kept
+):
+    connected.posts = [raw_post(n) for n in range(5)]
+    first = client.get("/images?limit=1").get_json()["paging"]["next"]
+    cursor = parse_qs(urlsplit(first).query)["after"][0]
+    query_string = query_string.replace(b"after&", f"after={cursor}&".encode())
+
+    response = client.get(
+        "/images",
+        base_url="https://feed.example.org/my site",
+        environ_overrides={"QUERY_STRING": query_string.decode("latin-1")},
+    )
+    next_url = response.get_json()["paging"]["next"]
+
+    assert response.status_code == 200
+    base, _, query = next_url.partition("?")
+    assert base == "https://feed.example.org/my%20site/images"
+    assert query.rpartition("&after=")[0] == kept
+    assert query.count("after=") == 1
 
 
 # --- ETag and caching -----------------------------------------------------
@@ -1143,3 +1176,54 @@ def test_embed_csp_on_503(client, graph):
 
     assert response.status_code == 503
     assert "frame-ancestors" in response.headers["Content-Security-Policy"]
+
+
+def _snapshot_of(posts: list[dict]) -> Snapshot:
+    return Snapshot(
+        posts=posts,
+        account={"username": "owner.handle"},
+        fetched_at=datetime(2026, 12, 1, 8, 0, tzinfo=UTC),
+        last_error=None,
+        failed_at=None,
+        retry_at=None,
+        failures=0,
+        version="v1",
+    )
+
+
+def test_json_feed_body_equals_whole_document_and_serialises_once():
+    posts = [
+        {"id": "1", "caption": 'Café «quoted» "and" \\ 東京 🌅', "children": []},
+        {"id": "2", "caption": None, "children": [{"id": "3"}]},
+    ]
+    snapshot = _snapshot_of(posts)
+    rewritten: list[str] = []
+
+    def rewrite(post: dict) -> dict:
+        rewritten.append(post["id"])
+        return dict(post, sizes={})
+
+    first = images.json_feed_body(
+        snapshot, posts, "https://x.test/images?after=a", True, rewrite, ("v",)
+    )
+    second = images.json_feed_body(
+        snapshot, posts[::-1], None, False, rewrite, ("v",), {"query": "q"}
+    )
+
+    expected = {
+        "data": [dict(post, sizes={}) for post in posts],
+        "paging": {"next": "https://x.test/images?after=a"},
+        "account": {"username": "owner.handle"},
+        "fetched_at": "2026-12-01T08:00:00+00:00",
+        "stale": True,
+    }
+    whole = json.dumps(expected, ensure_ascii=False, separators=(",", ":")).encode()
+    assert first == whole
+    assert json.loads(second) == dict(
+        expected,
+        data=expected["data"][::-1],
+        paging={"next": None},
+        stale=False,
+        query="q",
+    )
+    assert rewritten == ["1", "2"]

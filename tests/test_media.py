@@ -1150,6 +1150,25 @@ def test_media_images_json_proxied(client, instagram):
     assert image["permalink"] == "https://www.instagram.com/p/P1/"
 
 
+def test_media_urls_under_script_root_and_odd_ids(app):
+    post = normalize_posts([raw_post(1)])[0]
+    odd = dict(post, id="1 2/3")
+    with app.test_request_context("/images", base_url="https://feed.example.org/site"):
+        plain = media.proxied_post(post)
+        quoted = media.proxied_post(odd)
+        expected_plain = media.url_for(
+            "media.image", post_id=post["id"], width="320", _external=True
+        )
+        expected_quoted = media.url_for(
+            "media.image", post_id="1 2/3", width="320", _external=True
+        )
+
+    assert plain["sizes"]["320"] == expected_plain
+    assert expected_plain.startswith("https://feed.example.org/site/media/")
+    assert quoted["sizes"]["320"] == expected_quoted
+    assert "1%202" in expected_quoted
+
+
 def test_media_images_json_without_image(client, instagram):
     publish(client, instagram, [bare_post(4)])
 

@@ -1,16 +1,20 @@
 """Tests for the caption search and media-type filters in search.py."""
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from search import (
     MAX_QUERY_LENGTH,
     Query,
     QueryError,
+    SearchIndex,
     SearchKey,
     filter_posts,
     matches,
     parse_query,
     parse_types,
+    positions,
     search_key,
 )
 
@@ -227,7 +231,10 @@ POSTS = [
     {"id": "3", "media_type": "CAROUSEL_ALBUM", "caption": None},
     {"id": "4", "media_type": "IMAGE", "caption": "Rain in 東京"},
 ]
-KEYS = [search_key(post["caption"]) for post in POSTS]
+INDEX = SearchIndex(
+    [search_key(post["caption"]) for post in POSTS],
+    [post["media_type"] for post in POSTS],
+)
 
 
 def _ids(posts: list[dict]) -> list[str]:
@@ -235,31 +242,107 @@ def _ids(posts: list[dict]) -> list[str]:
 
 
 def test_filter_posts_no_filter() -> None:
-    kept = filter_posts(POSTS, KEYS, None, None)
+    kept = filter_posts(POSTS, INDEX, None, None)
     assert _ids(kept) == ["1", "2", "3", "4"]
     assert kept is not POSTS
 
 
 def test_filter_posts_query_keeps_order() -> None:
-    kept = filter_posts(POSTS, KEYS, parse_query("sun"), None)
+    kept = filter_posts(POSTS, INDEX, parse_query("sun"), None)
     assert _ids(kept) == ["1", "2"]
 
 
 def test_filter_posts_types() -> None:
-    kept = filter_posts(POSTS, KEYS, None, parse_types("image,carousel_album"))
+    kept = filter_posts(POSTS, INDEX, None, parse_types("image,carousel_album"))
     assert _ids(kept) == ["1", "3", "4"]
 
 
 def test_filter_posts_query_and_types() -> None:
-    kept = filter_posts(POSTS, KEYS, parse_query("-sun"), parse_types("carousel_album"))
+    kept = filter_posts(
+        POSTS, INDEX, parse_query("-sun"), parse_types("carousel_album")
+    )
     assert _ids(kept) == ["3"]
 
 
 def test_filter_posts_exclusion_keeps_none_caption() -> None:
-    kept = filter_posts(POSTS, KEYS, parse_query("-#sunset -東京"), None)
+    kept = filter_posts(POSTS, INDEX, parse_query("-#sunset -東京"), None)
     assert _ids(kept) == ["1", "3"]
 
 
 def test_filter_posts_length_mismatch() -> None:
-    with pytest.raises(ValueError, match="got 4 posts and 3 keys"):
-        filter_posts(POSTS, KEYS[:3], None, None)
+    with pytest.raises(ValueError, match="got 3 posts and an index of 4"):
+        filter_posts(POSTS[:3], INDEX, None, None)
+
+
+def test_index_needs_one_media_type_per_key() -> None:
+    with pytest.raises(ValueError, match="got 4 keys and 3 media types"):
+        SearchIndex([search_key(post["caption"]) for post in POSTS], ["IMAGE"] * 3)
+
+
+# Words that share prefixes, accents, hashtags, a no-space script and emoji, so
+# that drawn captions and queries often overlap.
+_PIECES = [
+    "sun",
+    "Sunny",
+    "#sunset",
+    "#Sun",
+    "sunday",
+    "café",
+    "Cafés",
+    "#été",
+    "ete",
+    "東京",
+    "タワー",
+    "🌅",
+    "rock-n-roll",
+    "#rock-n-roll",
+    "naïve",
+    "Ωραία",
+    "a#sun",
+]
+_captions = st.one_of(
+    st.none(),
+    st.lists(st.sampled_from(_PIECES), max_size=6).map(" ".join),
+    st.text(max_size=30),
+)
+_query_terms = st.one_of(
+    st.sampled_from(_PIECES),
+    st.sampled_from(_PIECES).map(lambda piece: "-" + piece),
+    st.sampled_from(["s", "su", "caf", "#", "-", "タ", "rock", "-#sun"]),
+    st.text(min_size=1, max_size=8),
+)
+_media_types = st.sampled_from(["IMAGE", "VIDEO", "CAROUSEL_ALBUM"])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    posts=st.lists(st.tuples(_captions, _media_types), max_size=40),
+    terms=st.lists(_query_terms, min_size=1, max_size=4),
+    types=st.one_of(st.none(), st.sets(_media_types, min_size=1)),
+)
+def test_index_selects_what_matches_accepts(
+    posts: list[tuple[str | None, str]], terms: list[str], types: set[str] | None
+) -> None:
+    keys = [search_key(caption) for caption, _ in posts]
+    index = SearchIndex(keys, [media_type for _, media_type in posts])
+    query = parse_query(" ".join(terms)[:MAX_QUERY_LENGTH])
+    wanted = frozenset(types) if types else None
+
+    selected = list(positions(index.select(query, wanted)))
+    # Asked twice, so the second answer comes from the kept term masks.
+    again = list(positions(index.select(query, wanted)))
+
+    expected = [
+        position
+        for position, (key, (_, media_type)) in enumerate(zip(keys, posts, strict=True))
+        if (wanted is None or media_type in wanted)
+        and (query is None or matches(query, key))
+    ]
+    assert selected == expected
+    assert again == expected
+
+
+def test_positions_lists_set_bits_lowest_first() -> None:
+    assert list(positions(0)) == []
+    assert list(positions(0b101001)) == [0, 3, 5]
+    assert list(positions(1 << 4999)) == [4999]

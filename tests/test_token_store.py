@@ -408,6 +408,61 @@ def test_get_sees_file_removed(store: TokenStore, tokens_path: Path) -> None:
     assert store.get("instagram") is None
 
 
+class MonotonicClock:
+    """Stands in for time.monotonic in token_store, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def monotonic(monkeypatch: pytest.MonkeyPatch) -> MonotonicClock:
+    clock = MonotonicClock()
+    monkeypatch.setattr(token_store.time, "monotonic", clock)
+    return clock
+
+
+def test_peek_sees_other_instance_write_after_recheck_time(
+    store: TokenStore, tokens_path: Path, monotonic: MonotonicClock
+) -> None:
+    store.set("instagram", RECORD)
+    assert store.peek("instagram") == RECORD
+
+    TokenStore(tokens_path).set("instagram", {"access_token": "token-new"})
+    monotonic.now += TokenStore.PEEK_RECHECK_SECONDS / 2
+    kept = store.peek("instagram")
+    monotonic.now += TokenStore.PEEK_RECHECK_SECONDS
+
+    assert kept == RECORD
+    assert store.peek("instagram") == {"access_token": "token-new"}
+
+
+def test_peek_sees_own_write_at_once(
+    store: TokenStore, monotonic: MonotonicClock
+) -> None:
+    store.set("instagram", RECORD)
+    assert store.peek("instagram") == RECORD
+
+    store.set("instagram", {"access_token": "token-new"})
+
+    assert store.peek("instagram") == {"access_token": "token-new"}
+
+
+def test_get_ignores_peek_recheck_time(
+    store: TokenStore, tokens_path: Path, monotonic: MonotonicClock
+) -> None:
+    store.set("instagram", RECORD)
+    assert store.peek("instagram") == RECORD
+
+    TokenStore(tokens_path).set("instagram", {"access_token": "token-new"})
+
+    assert store.get("instagram") == {"access_token": "token-new"}
+    assert store.peek_all() == {"instagram": {"access_token": "token-new"}}
+
+
 # Atomic writes and crashes
 
 
