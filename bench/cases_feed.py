@@ -20,8 +20,8 @@ from bench.harness import (
     Bench,
     calls_between,
     capture,
+    paired_ratio,
     progress,
-    ratio,
     upstream_calls,
 )
 from bench.load import LoadResult, Request, percentile
@@ -148,7 +148,7 @@ def cached_feed(
         server, [Request(f"/__bench/floor/{name}")], [Request(path)]
     )
     calls = calls_between(before, upstream_calls(standin))
-    share = ratio(feed.rps, floor.rps)
+    share = paired_ratio(feed, floor)
     figures = {
         "body_bytes": len(response.content),
         "rps": round(feed.rps, 1),
@@ -188,7 +188,7 @@ def revalidation(bench: Bench, server: Process, etag: str) -> dict[str, Any]:
     figures = {
         "rps_304": round(not_modified.rps, 1),
         "rps_200": round(full.rps, 1),
-        "ratio": ratio(not_modified.rps, full.rps),
+        "ratio": paired_ratio(not_modified, full),
         "p50_ms_304": round(not_modified.p50_ms, 3),
         "p50_ms_200": round(full.p50_ms, 3),
         "bytes_per_response_304": round(not_modified.bytes / not_modified.requests),

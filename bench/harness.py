@@ -37,7 +37,10 @@ class Settings:
     posts: int = 500
     search_posts: int = 5000
     delay: float = 0.15
-    seconds: int = 5
+    # Each load run lasts `seconds`; a comparison alternates its two sides
+    # for `rounds` rounds, and its ratio is the median of the rounds' ratios.
+    seconds: int = 2
+    rounds: int = 6
     connections: int = 16
     wrk_threads: int = 1
     cold_clients: int = 100
@@ -48,9 +51,10 @@ class Settings:
     resize_runs: int = 10
     counted_views: int = 200
     search_queries: int = 1024
-    # Comparisons run A, B, B, A when on, else A, B.
-    abba: bool = True
-    workers: int = 2
+    # The servers run on the first CPU and the load generator on the others,
+    # so the two never share a core (on a machine with one CPU, nothing is pinned).
+    pin: bool = True
+    workers: int = 1
     threads: int = 4
     tool: str = "wrk"
 
@@ -73,7 +77,7 @@ SMOKE = {
     "resize_runs": 1,
     "counted_views": 10,
     "search_queries": 300,
-    "abba": False,
+    "rounds": 1,
     "workers": 1,
 }
 
@@ -162,18 +166,16 @@ class Bench:
     def compare(
         self, server: servers.Process, first: list[Request], second: list[Request]
     ) -> tuple[LoadResult, LoadResult]:
-        """Load `first`, `second`, `second`, `first` and merge the runs of each.
+        """Load `first` and `second` in turn for `rounds` rounds; merge each side.
 
-        The order cancels a steady drift of the machine's speed, such as other
-        processes starting or stopping during the comparison.
+        Alternating short runs cancels the drift of a shared machine's speed,
+        which changes within seconds; `paired_ratio` then compares round by round.
         """
-        a1 = self.load(server, first)
-        b1 = self.load(server, second)
-        if not self.settings.abba:
-            return merge([a1]), merge([b1])
-        b2 = self.load(server, second)
-        a2 = self.load(server, first)
-        return merge([a1, a2]), merge([b1, b2])
+        runs: tuple[list[LoadResult], list[LoadResult]] = ([], [])
+        for _ in range(max(1, self.settings.rounds)):
+            runs[0].append(self.load(server, first))
+            runs[1].append(self.load(server, second))
+        return merge(runs[0]), merge(runs[1])
 
     def pages(self, posts: int) -> int:
         """Return the Graph API pages one fetch of `posts` posts takes."""
@@ -230,7 +232,21 @@ def calls_between(before: dict[str, int], after: dict[str, int]) -> dict[str, in
 
 
 def ratio(part: float, whole: float) -> float:
+    """Return part / whole to three places, or 0.0 when whole is 0."""
     return round(part / whole, 3) if whole else 0.0
+
+
+def paired_ratio(part: LoadResult, whole: LoadResult) -> float:
+    """Return the median of the per-round ratios of two sides of `compare`.
+
+    Runs that were not paired round by round are compared by their totals.
+    """
+    parts = part.details.get("rps_each", [])
+    wholes = whole.details.get("rps_each", [])
+    if len(parts) != len(wholes) or len(parts) < 2:
+        return ratio(part.rps, whole.rps)
+    pairs = [a / b for a, b in zip(parts, wholes, strict=True) if b]
+    return round(statistics.median(pairs), 3) if pairs else 0.0
 
 
 _STARTED = time.monotonic()

@@ -49,7 +49,9 @@ def _search(f: dict[str, Any]) -> str:
         for key in sizes
     ]
     parts.append(
-        f"{f['filter_us_per_kept_post']:.2f} µs per kept post in the filter, "
+        f"{f['filter_us_per_kept_post']:.3f} µs per kept post per query, "
+        f"{f['index_us_per_kept_post']:.2f} µs per kept post to build the index "
+        f"once per feed version, "
         f"{f['http_us_per_kept_post']:.2f} µs per kept post over HTTP (estimate)"
     )
     return "; ".join(parts)
@@ -200,13 +202,31 @@ def _machine(results: dict[str, Any]) -> list[str]:
         f"{_plain(machine['load_average_before'])}; right after it, this run's "
         f"own processes included: {_plain(machine['load_average_after'])}",
         "",
-        "The load generator runs on the same CPUs as the servers, and so does "
-        "anything else running on the machine, which the load average shows. "
-        "Throughput is therefore lower than on a dedicated server, and the ratios, "
-        "measured A, B, B, A so that a drift of the machine's speed cancels out, "
-        "are the figures to compare between runs.",
+        _pinning(machine),
         *warning,
     ]
+
+
+def _pinning(machine: dict[str, Any]) -> str:
+    alternation = (
+        "Each comparison alternates its two sides in short runs, and its ratio is "
+        "the median of the rounds' ratios, so that the machine's speed, which "
+        "drifts within seconds on a shared machine, cancels out. The ratios are "
+        "the figures to compare between runs and machines."
+    )
+    if not machine.get("server_cpus"):
+        return (
+            "The load generator runs on the same CPUs as the servers, and so does "
+            "anything else running on the machine, which the load average shows. "
+            + alternation
+        )
+    return (
+        f"The servers run on CPU {_plain(machine['server_cpus'])} and the harness "
+        f"with its load generator on CPU {_plain(machine['load_cpus'])} "
+        "(`sched_setaffinity`), so a ratio compares what the server itself spends "
+        "on each request, not how it shares a core with the load. Other processes "
+        "on the machine still share both, which the load average shows. " + alternation
+    )
 
 
 def _setup(results: dict[str, Any], settings: dict[str, Any]) -> list[str]:
@@ -231,7 +251,8 @@ def _setup(results: dict[str, Any], settings: dict[str, Any]) -> list[str]:
         "requests and prints wrk's figures as JSON.",
         f"- Each load run lasts {settings['seconds']} s with "
         f"{settings['connections']} keep-alive connections, except where a case "
-        "says otherwise.",
+        f"says otherwise; a comparison runs its two sides in turn "
+        f"{_count(settings['rounds'], 'time')}.",
     ]
 
 

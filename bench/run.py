@@ -25,7 +25,7 @@ from typing import Any
 
 import requests
 
-from bench import cases_feed, cases_more, report
+from bench import cases_feed, cases_more, report, servers
 from bench.harness import SMOKE, Bench, Settings, progress
 from bench.load import wrk_available
 
@@ -234,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(arguments)
     work_dir = Path(tempfile.mkdtemp(prefix="ownfeed-bench-"))
     bench = Bench(settings, work_dir)
+    pinned = servers.pin_servers() if settings.pin else None
     started = time.monotonic()
     load_before = _load_average()
     progress(f"ownfeed benchmark, load from {settings.tool}, folder {work_dir}")
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
         "run_seconds": round(time.monotonic() - started, 1),
         "machine": {
             **machine(),
+            "server_cpus": pinned[0] if pinned else None,
+            "load_cpus": pinned[1] if pinned else None,
             "load_average_before": load_before,
             "load_average_after": _load_average(),
         },

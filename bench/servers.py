@@ -128,7 +128,7 @@ def start_gunicorn(
     server_env = clean_environment()
     server_env.update(env)
     server_env.update(PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    server = _spawn(name, port, argv, server_env, work_dir)
+    server = _spawn(name, port, argv, server_env, work_dir, _server_cpus)
 
     def wait() -> None:
         _wait_until_up(server, "/__bench/ping")
@@ -219,13 +219,44 @@ def resident_kib(pid: int) -> int:
     raise RuntimeError(f"/proc/{pid}/status has no VmRSS line.")
 
 
+# The CPUs that the servers run on, when the harness pins them: set by
+# `pin_servers`, inherited by every process that gunicorn forks.
+_server_cpus: set[int] | None = None
+
+
+def pin_servers() -> tuple[list[int], list[int]] | None:
+    """Keep servers on the first CPU and this process (the load) on the others.
+
+    Returns the two CPU lists, or None on a machine with one CPU, where
+    nothing is pinned.
+    """
+    global _server_cpus
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    _server_cpus = {cpus[0]}
+    os.sched_setaffinity(0, cpus[1:])
+    return [cpus[0]], cpus[1:]
+
+
 def _spawn(
-    name: str, port: int, argv: list[str], env: dict[str, str], work_dir: Path
+    name: str,
+    port: int,
+    argv: list[str],
+    env: dict[str, str],
+    work_dir: Path,
+    cpus: set[int] | None = None,
 ) -> Process:
+    """Start `argv` with its output in `<name>.log`, on `cpus` when given."""
     log_path = work_dir / f"{name}.log"
     with log_path.open("w", encoding="utf-8") as log_file:
         process = subprocess.Popen(
-            argv, cwd=work_dir, env=env, stdout=log_file, stderr=subprocess.STDOUT
+            argv,
+            cwd=work_dir,
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None,
         )
     return Process(name, f"http://127.0.0.1:{port}", process, log_path, argv)
 
