@@ -207,16 +207,6 @@ def parse_format(text: str | None) -> str:
     return "html" if best == "text/html" else "json"
 
 
-def parse_search() -> tuple[search.Query | None, frozenset[str] | None]:
-    req = request._get_current_object()
-    try:
-        return search.parse_query(req.args.get("q")), search.parse_types(
-            req.args.get("type")
-        )
-    except search.QueryError as err:
-        raise ParameterError(err.parameter, err.message) from None
-
-
 # --- selection ------------------------------------------------------------
 
 
@@ -320,11 +310,17 @@ class FeedParameters:
 
 def parse_feed_parameters(page_format: str | None) -> FeedParameters:
     """Parse `/images` parameters; raises ParameterError naming the first bad one."""
-    req = request._get_current_object()
-    limit = parse_limit(req.args.get("limit"))
-    cursor = decode_cursor(req.args.get("after"))
-    query, types = parse_search()
-    page_format = page_format or parse_format(req.args.get("format"))
+    # The first value of each parameter, in a plain dict: a missing key in
+    # Werkzeug's MultiDict raises and catches an exception on every get.
+    first = dict(request.args.items())
+    limit = parse_limit(first.get("limit"))
+    cursor = decode_cursor(first.get("after"))
+    try:
+        query = search.parse_query(first.get("q"))
+        types = search.parse_types(first.get("type"))
+    except search.QueryError as err:
+        raise ParameterError(err.parameter, err.message) from None
+    page_format = page_format or parse_format(first.get("format"))
     return FeedParameters(limit, cursor, query, types, page_format)
 
 

@@ -162,10 +162,12 @@ class Query:
     def __post_init__(self) -> None:
         sides = (("include", self.include_words), ("exclude", self.exclude_words))
         for side, words in sides:
-            prefixes = tuple(word for word in words if _is_prefix_term(word))
-            substrings = tuple(word for word in words if not _is_prefix_term(word))
-            object.__setattr__(self, f"_{side}_prefixes", prefixes)
-            object.__setattr__(self, f"_{side}_substrings", substrings)
+            prefixes: list[str] = []
+            substrings: list[str] = []
+            for word in words:
+                (prefixes if _is_prefix_term(word) else substrings).append(word)
+            object.__setattr__(self, f"_{side}_prefixes", tuple(prefixes))
+            object.__setattr__(self, f"_{side}_substrings", tuple(substrings))
 
 
 @dataclass(frozen=True)

@@ -303,19 +303,18 @@ class TweetsRequest:
 
 def parse_tweets_request(view: str, embed: bool) -> TweetsRequest:
     """Parse the request's parameters; raises ParameterError naming a bad one."""
-    limit = parse_limit(request.args.get("limit"))
-    cursor = decode_cursor(request.args.get("after"))
-    page_format = "html" if embed else parse_format(request.args.get("format"))
+    first = dict(request.args.items())
+    limit = parse_limit(first.get("limit"))
+    cursor = decode_cursor(first.get("after"))
+    page_format = "html" if embed else parse_format(first.get("format"))
     if view == "search":
-        query = _parse_search_query(request.args.get("q"))
+        query = _parse_search_query(first.get("q"))
         feed_key = "search-" + hashlib.sha256(query.encode()).hexdigest()[:24]
         return TweetsRequest(
             view, feed_key, query, None, None, cursor, limit, page_format
         )
     local_query = _parse_local_query()
-    exclude = (
-        _parse_exclude(request.args.get("exclude")) if view == "timeline" else None
-    )
+    exclude = _parse_exclude(first.get("exclude")) if view == "timeline" else None
     feed_key = view if not exclude else f"{view}-{exclude.replace(',', '-')}"
     return TweetsRequest(
         view, feed_key, None, local_query, exclude, cursor, limit, page_format
@@ -328,15 +327,16 @@ def tweets_response(view: str, embed: bool = False) -> Response:
     As for `/images`, the rendered body is kept by the raw request with its
     parsed parameters, so a repeated request skips parsing them.
     """
-    accept = None if embed else request.environ.get("HTTP_ACCEPT")
+    req = request._get_current_object()
+    accept = None if embed else req.environ.get("HTTP_ACCEPT")
     request_key = (
         "tweets",
         view,
         embed,
-        request.query_string,
+        req.query_string,
         accept,
-        request.scheme,
-        request.host,
+        req.scheme,
+        req.host,
     )
     rendered = rendered_cache()
     entry = rendered.get(request_key)
