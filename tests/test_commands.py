@@ -9,8 +9,10 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
+import requests
 import requests_mock
-from conftest import TEST_PASSWORD
+from conftest import TEST_PASSWORD, free_port
+from cryptography.fernet import Fernet
 from test_oauth import CLIENT_SECRET, GRAPH_URL, Clock
 from test_tokens import (
     LONG_LIVED_SECONDS,
@@ -29,6 +31,9 @@ from test_tokens import (
 
 import tokens
 from timeutil import to_iso
+
+# The message for a pasted token that Instagram rejects when it is imported.
+IMPORT_REJECTED = "Instagram rejected the pasted token as invalid or expired"
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -313,16 +318,16 @@ def test_import_old_token_learns_expiry(real_app, runner, clock, graph):
     assert not tokens.is_due(record, clock.moment + 24 * HOUR, 30)
 
 
-@pytest.mark.parametrize(("subcode", "reason"), REJECTION_REASONS)
-def test_import_rejected_at_me_stores_nothing(real_app, runner, graph, subcode, reason):
+@pytest.mark.parametrize("subcode", [subcode for subcode, _ in REJECTION_REASONS])
+def test_import_rejected_at_me_stores_nothing(real_app, runner, graph, subcode):
     graph.get(ME_URL, status_code=400, json=graph_error(190, subcode))
     graph.get(REFRESH_URL, json=refreshed_body())
 
     result = import_token(runner)
 
     assert result.exit_code != 0
-    assert "was not stored" in result.output
-    assert reason in result.output
+    assert IMPORT_REJECTED in result.output
+    assert "nothing was stored" in result.output
     assert calls_to(graph, "refresh_access_token") == 0
     assert store_of(real_app).get("instagram") is None
     assert not Path(store_of(real_app).path).exists()
@@ -333,7 +338,8 @@ def test_import_rejected_at_refresh_stores_nothing(real_app, runner, graph):
     graph.get(REFRESH_URL, status_code=400, json=graph_error(190, 463))
     result = import_token(runner)
     assert result.exit_code != 0
-    assert "access token expired" in result.output
+    assert IMPORT_REJECTED in result.output
+    assert "(HTTP 400, code 190, subcode 463)" in result.output
     assert store_of(real_app).get("instagram") is None
 
 
@@ -349,7 +355,53 @@ def test_import_empty_input_rejected(real_app, runner, graph):
     result = import_token(runner, "\n")
     assert result.exit_code != 0
     assert "No token was given" in result.output
+    assert "`flask token import --provider instagram < token.txt`" in result.output
     assert graph.call_count == 0
+
+
+@pytest.mark.parametrize(
+    ("response", "detail"),
+    [
+        ({"status_code": 400, "json": graph_error(190)}, "(HTTP 400, code 190)"),
+        ({"status_code": 401, "json": graph_error(100)}, "(HTTP 401, code 100)"),
+        ({"status_code": 400, "json": graph_error(100)}, "(HTTP 400, code 100)"),
+    ],
+    ids=["code_190", "http_401", "http_400"],
+)
+def test_import_rejected_token_message(real_app, runner, graph, response, detail):
+    graph.get(ME_URL, **response)
+
+    result = runner.invoke(
+        args=["token", "import", "--provider", "instagram"], input="garbage-token\n"
+    )
+
+    assert result.exit_code == 1
+    assert IMPORT_REJECTED in result.output
+    assert detail in result.output
+    assert "nothing was stored" in result.output
+    assert "Generate a new token in the Meta App Dashboard" in result.output
+    assert "/admin/generate" in result.output
+    assert "access was removed" not in result.output
+    assert "garbage-token" not in result.output
+    assert store_of(real_app).get("instagram") is None
+
+
+def test_import_rate_limit_not_invalid(real_app, runner, graph):
+    graph.get(ME_URL, status_code=400, json=graph_error(4))
+    result = import_token(runner)
+    assert result.exit_code == 1
+    assert "rate limit was reached" in result.output
+    assert IMPORT_REJECTED not in result.output
+
+
+def test_import_offers_only_importable_providers(runner):
+    help_result = runner.invoke(args=["token", "import", "--help"])
+    assert help_result.exit_code == 0
+    assert "--provider [instagram]" in help_result.output
+
+    x_result = runner.invoke(args=["token", "import", "--provider", "x"], input="t\n")
+    assert x_result.exit_code == 2
+    assert "'x' is not 'instagram'" in x_result.output
 
 
 def test_import_replaces_rejected_token(real_app, runner, clock, graph):
@@ -361,6 +413,80 @@ def test_import_replaces_rejected_token(real_app, runner, clock, graph):
     record = store_of(real_app).get("instagram")
     assert record["status"] == "active"
     assert record["access_token"] == NEW_TOKEN
+
+
+# --- token encrypt and decrypt -----------------------------------------------
+
+
+def test_decrypt_plain_file_does_nothing(real_app, runner, clock):
+    connect(real_app, clock)
+    path = Path(store_of(real_app).path)
+    before = path.read_bytes()
+
+    result = runner.invoke(args=["token", "decrypt"])
+
+    assert result.exit_code == 0, result.output
+    assert f"{path} is already plain JSON; nothing to do." in result.output
+    assert "Decrypted" not in result.output
+    assert "TOKEN_ENCRYPTION_KEY" not in result.output
+    assert path.read_bytes() == before
+
+
+def test_decrypt_encrypted_file_writes_plain(make_app, clock):
+    key = Fernet.generate_key().decode()
+    app = make_app(TOKEN_ENCRYPTION_KEY=key, CLOCK=clock)
+    connect(app, clock)
+    path = Path(store_of(app).path)
+    assert "encrypted" in json.loads(path.read_text("utf-8"))
+
+    result = app.test_cli_runner().invoke(args=["token", "decrypt"])
+
+    assert result.exit_code == 0, result.output
+    assert f"Decrypted {path}." in result.output
+    assert "Remove TOKEN_ENCRYPTION_KEY" in result.output
+    document = json.loads(path.read_text("utf-8"))
+    assert document["providers"]["instagram"]["access_token"] == OLD_TOKEN
+
+
+def test_encrypt_encrypted_file_does_nothing(make_app, clock):
+    key = Fernet.generate_key().decode()
+    app = make_app(TOKEN_ENCRYPTION_KEY=key, CLOCK=clock)
+    connect(app, clock)
+    path = Path(store_of(app).path)
+    before = path.read_bytes()
+
+    result = app.test_cli_runner().invoke(args=["token", "encrypt"])
+
+    assert result.exit_code == 0, result.output
+    assert f"{path} is already encrypted with TOKEN_ENCRYPTION_KEY" in result.output
+    assert "nothing to do" in result.output
+    assert "Encrypted" not in result.output
+    # Fernet output differs on every call, so equal bytes mean no rewrite.
+    assert path.read_bytes() == before
+
+
+def test_encrypt_with_other_key_rejected(make_app, clock):
+    app = make_app(TOKEN_ENCRYPTION_KEY=Fernet.generate_key().decode(), CLOCK=clock)
+    connect(app, clock)
+    path = Path(store_of(app).path)
+    before = path.read_bytes()
+    other = make_app(TOKEN_ENCRYPTION_KEY=Fernet.generate_key().decode(), CLOCK=clock)
+
+    result = other.test_cli_runner().invoke(args=["token", "encrypt"])
+
+    assert result.exit_code == 1
+    assert "cannot be decrypted with TOKEN_ENCRYPTION_KEY" in result.output
+    assert path.read_bytes() == before
+
+
+def test_encrypt_decrypt_missing_file(runner, real_app):
+    path = Path(store_of(real_app).path)
+    for command in ("encrypt", "decrypt"):
+        result = runner.invoke(args=["token", command])
+        assert result.exit_code == 0, result.output
+        assert f"There is no token file at {path}" in result.output
+        assert f"nothing to {command}" in result.output
+    assert not path.exists()
 
 
 # --- feed refresh ------------------------------------------------------------
@@ -412,3 +538,48 @@ def test_feed_refresh_not_connected_exit_one(runner, graph):
     assert result.exit_code == 1
     assert "No Instagram account is connected" in result.output
     assert graph.call_count == 0
+
+
+# --- sandbox server not running ----------------------------------------------
+
+
+@pytest.fixture
+def stopped_sandbox_app(make_app, clock):
+    """A sandbox app whose ownfeed server is not running: nothing listens there."""
+    app = make_app(
+        OWNFEED_SANDBOX_URL=f"http://127.0.0.1:{free_port()}",
+        ADMIN_PASSWORD=TEST_PASSWORD,
+        CLOCK=clock,
+    )
+    connect(app, clock)
+    return app
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["feed", "refresh"], ["token", "refresh", "--force"]],
+    ids=["feed_refresh", "token_refresh"],
+)
+def test_sandbox_server_down_says_start_it(stopped_sandbox_app, args):
+    url = stopped_sandbox_app.config["OWNFEED_SANDBOX_URL"]
+
+    result = stopped_sandbox_app.test_cli_runner().invoke(args=args)
+
+    assert result.exit_code == 1
+    assert f"No ownfeed server is running at {url}" in result.output
+    assert "start it with `make run`" in result.output
+    assert "run this command again" in result.output
+    assert "network access" not in result.output
+    assert OLD_TOKEN not in result.output
+
+
+def test_real_connection_failure_keeps_message(real_app, runner, clock, graph):
+    connect(real_app, clock)
+    graph.get(MEDIA_URL, exc=requests.exceptions.ConnectionError)
+
+    result = runner.invoke(args=["feed", "refresh"])
+
+    assert result.exit_code == 1
+    assert "The connection to Instagram failed" in result.output
+    assert "Check the server's network access" in result.output
+    assert "make run" not in result.output
