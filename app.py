@@ -11,6 +11,7 @@ from typing import Any
 from dotenv import load_dotenv
 from flask import Flask, Response, render_template, request
 from flask_wtf.csrf import CSRFError
+from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
 import commands
 import hardening
@@ -31,6 +32,16 @@ from timeutil import utc_now
 from token_store import TokenStore, TokenStoreError
 
 logger = logging.getLogger(__name__)
+
+# The public API's paths: each prefix and every path below it. Their 404 and
+# 405 errors are JSON, or an HTML page on the embed pages. Other paths keep
+# Werkzeug's HTML error pages.
+PUBLIC_PREFIXES = ("/images", "/embed.js", "/media", "/tweets", "/healthz")
+EMBED_PAGES = ("/images/embed", "/tweets/embed")
+PUBLIC_ROUTES = (
+    "/images, /images/embed, /embed.js, /media/<post_id>/<width>.jpg, "
+    "/tweets, /tweets/search, /tweets/liked, /tweets/embed and /healthz"
+)
 
 
 def create_app(test_config: dict[str, Any] | None = None) -> Flask:
@@ -97,6 +108,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     register_blueprints(app)
     app.register_error_handler(CSRFError, _csrf_failed)
     app.register_error_handler(TokenStoreError, _token_store_failed)
+    app.register_error_handler(NotFound, _public_http_error)
+    app.register_error_handler(MethodNotAllowed, _public_http_error)
     _log_mode(app)
     if test_config is None:
         for note in settings.unknown_keys(os.environ):
@@ -147,6 +160,53 @@ def _token_store_failed(error: TokenStoreError) -> Response | tuple[str, int]:
         }
     }
     return Response(json.dumps(body), status=503, mimetype="application/json")
+
+
+def _is_public_path(path: str) -> bool:
+    return any(
+        path == prefix or path.startswith(prefix + "/") for prefix in PUBLIC_PREFIXES
+    )
+
+
+def _public_http_error(error: HTTPException) -> Response | HTTPException:
+    """Return a 404 or 405 on a public path as the API's JSON error.
+
+    The embed pages get an HTML page instead, because an iframe shows it to the
+    visitor. Other paths keep Werkzeug's HTML page (`error` itself).
+    """
+    path = request.path
+    if not _is_public_path(path):
+        return error
+
+    shown_path = images.shown_value(path, 100)
+    allowed: list[str] = []
+    if isinstance(error, MethodNotAllowed):
+        allowed = sorted(error.valid_methods or [])
+        code = "method_not_allowed"
+        *others, last = allowed
+        methods = f"{', '.join(others)} or {last}" if others else last
+        message = (
+            f"Method {request.method} is not allowed on {shown_path}. Use {methods}."
+        )
+    else:
+        code = "not_found"
+        # A route that called abort(404, description) explains which part of
+        # the URL is wrong. A path that matches no route gets the route list.
+        if error.description != NotFound.description:
+            message = error.description
+        else:
+            message = (
+                f"No public route matches {shown_path}. Check the URL against the "
+                f"public routes: {PUBLIC_ROUTES}."
+            )
+
+    if path in EMBED_PAGES:
+        response = images.embed_error_page(error.code, message)
+    else:
+        response = images.error_response(error.code, code, message)
+    if allowed:
+        response.headers["Allow"] = ", ".join(allowed)
+    return response
 
 
 def _log_mode(app: Flask) -> None:

@@ -25,6 +25,7 @@ from flask import (
     Response,
     current_app,
     render_template,
+    render_template_string,
     request,
     send_from_directory,
 )
@@ -60,6 +61,16 @@ PUBLIC_ERRORS = {
 }
 
 
+# Characters of a rejected value that an error message quotes.
+SHOWN_VALUE_LENGTH = 20
+CURSOR_VALUES = "the cursor from a previous response's paging.next"
+MEDIA_TYPE_VALUES = "a comma-separated list of image, video and carousel_album"
+# The embed pages' error page: the message alone in the embed page's frame.
+EMBED_ERROR_TEMPLATE = (
+    '{% extends "feed/embed.html" %}{% block list %}<p>{{ message }}</p>{% endblock %}'
+)
+
+
 class ParameterError(Exception):
     """A query parameter is invalid; the message names it and its valid values."""
 
@@ -67,6 +78,53 @@ class ParameterError(Exception):
         super().__init__(message)
         self.parameter = parameter
         self.message = message
+
+
+def shown_value(text: str | None, length: int = SHOWN_VALUE_LENGTH) -> str:
+    """Quote `text` for an error message, cut to `length` characters.
+
+    A cut value is marked with "..." and its full length, as in
+    `'aaaaaaaaaaaaaaaaaaaa'... (250 characters)`.
+    """
+    if text is None:
+        return "no value"
+    if len(text) <= length:
+        return repr(text)
+    return f"{text[:length]!r}... ({len(text)} characters)"
+
+
+def invalid_parameter(
+    name: str, value: str | None, valid: str, problem: str = "is invalid"
+) -> ParameterError:
+    """Build the error for one parameter: its problem, its value and what to send.
+
+    Every parameter error reads "Parameter NAME PROBLEM: got VALUE. Use VALID."
+    """
+    return ParameterError(
+        name, f"Parameter {name} {problem}: got {shown_value(value)}. Use {valid}."
+    )
+
+
+def search_parameter_error(
+    err: search.QueryError, query: str | None, types: str | None
+) -> ParameterError:
+    """Reword a `q` or `type` error of the search module as `invalid_parameter` does.
+
+    `query` and `types` are the raw `q` and `type` values. An error this function
+    does not recognise keeps the search module's message.
+    """
+    if err.parameter == "q" and query is not None:
+        if len(query) > search.MAX_QUERY_LENGTH:
+            valid = f"at most {search.MAX_QUERY_LENGTH} characters of search terms"
+            return invalid_parameter("q", query, valid, "is too long")
+    if err.parameter == "type" and types is not None:
+        for item in types.split(","):
+            name = item.strip()
+            if name and name.upper() not in search.MEDIA_TYPES:
+                return invalid_parameter(
+                    "type", name, MEDIA_TYPE_VALUES, "contains an invalid value"
+                )
+    return ParameterError(err.parameter, err.message)
 
 
 # --- the Instagram feed ---------------------------------------------------
@@ -163,10 +221,7 @@ def parse_limit(text: str | None) -> int:
     # check keeps int() away from numbers longer than its 4300-digit limit.
     valid = text.isascii() and text.isdigit() and len(text) <= 5
     if not valid or not 1 <= int(text) <= MAX_LIMIT:
-        raise ParameterError(
-            "limit",
-            f"limit must be a whole number from 1 to {MAX_LIMIT}; got {text[:20]!r}.",
-        )
+        raise invalid_parameter("limit", text, f"a whole number from 1 to {MAX_LIMIT}")
     return int(text)
 
 
@@ -183,24 +238,20 @@ def decode_cursor(text: str | None) -> tuple[str, str] | None:
         raw = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4)).decode()
         timestamp, post_id = raw.split("|")
     except (binascii.Error, UnicodeDecodeError, ValueError):
-        raise ParameterError(
-            "after", "after must be the cursor from a previous response's paging.next."
-        ) from None
+        raise invalid_parameter("after", text, CURSOR_VALUES) from None
     if not post_id.isdigit() or len(post_id) > 64:
-        raise ParameterError(
-            "after", "after must be the cursor from a previous response's paging.next."
-        )
+        raise invalid_parameter("after", text, CURSOR_VALUES)
     return timestamp, post_id
 
 
 def parse_format(text: str | None) -> str:
+    """Return "json" or "html" from `format` (any case), else from Accept."""
     req = request._get_current_object()
-    if text in ("json", "html"):
-        return text
     if text:
-        raise ParameterError(
-            "format", f"format must be json or html; got {text[:20]!r}."
-        )
+        page_format = text.lower()
+        if page_format in ("json", "html"):
+            return page_format
+        raise invalid_parameter("format", text, "json or html")
     if not req.environ.get("HTTP_ACCEPT"):
         return "json"
     best = req.accept_mimetypes.best_match(["application/json", "text/html"])
@@ -319,7 +370,7 @@ def parse_feed_parameters(page_format: str | None) -> FeedParameters:
         query = search.parse_query(first.get("q"))
         types = search.parse_types(first.get("type"))
     except search.QueryError as err:
-        raise ParameterError(err.parameter, err.message) from None
+        raise search_parameter_error(err, first.get("q"), first.get("type")) from None
     page_format = page_format or parse_format(first.get("format"))
     return FeedParameters(limit, cursor, query, types, page_format)
 
@@ -350,6 +401,8 @@ def feed_response(view: str, page_format: str | None = None) -> Response:
         try:
             parameters = parse_feed_parameters(page_format)
         except ParameterError as err:
+            if view == "embed":
+                return embed_error_page(400, err.message)
             return error_response(400, "invalid_parameter", err.message, err.parameter)
 
     try:
@@ -487,6 +540,19 @@ def error_response(
     return response
 
 
+def embed_error_page(status: int, message: str) -> Response:
+    """Return an embed page that shows `message` (escaped) in place of the posts.
+
+    An iframe shows its document to the visitor, so the embed pages report
+    errors as HTML rather than JSON. The page carries the embed page's CSP.
+    """
+    page = render_template_string(EMBED_ERROR_TEMPLATE, message=message)
+    response = Response(page, status=status, mimetype="text/html")
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Content-Security-Policy"] = embed_policy()
+    return response
+
+
 def unavailable_response(err: FeedError, view: str, page_format: str) -> Response:
     """Return a 503: JSON names the problem, and HTML is an empty grid for visitors."""
     code = PUBLIC_ERRORS.get(err.code, "upstream_unavailable")
@@ -532,8 +598,7 @@ def images() -> Response:
 def embed_page() -> Response:
     """Serve a whole HTML page of the grid, for an iframe."""
     response = feed_response("embed", "html")
-    if response.status_code != 400:
-        response.headers["Content-Security-Policy"] = embed_policy()
+    response.headers["Content-Security-Policy"] = embed_policy()
     return response
 
 

@@ -160,12 +160,17 @@ def child_image(post_id: str, child_id: str, width: str) -> Response:
 
 
 def _serve(post_id: str, child_id: str | None, width_text: str) -> Response:
-    if not _ID.fullmatch(post_id) or (
-        child_id is not None and not _ID.fullmatch(child_id)
-    ):
-        abort(404)
+    # The app's 404 handler sends each description as the JSON error's message.
+    for name, value in (("post id", post_id), ("child id", child_id)):
+        if value is not None and not _ID.fullmatch(value):
+            abort(
+                404, description=_not_found(name, value, f"a {name} of up to 32 digits")
+            )
     if not _WIDTH.fullmatch(width_text) or int(width_text) not in widths():
-        abort(404)
+        *others, last = [str(width) for width in widths()]
+        configured = f"{', '.join(others)} and {last}" if others else last
+        valid = f"one of the configured widths, {configured}"
+        abort(404, description=_not_found("width", width_text, valid))
     width = int(width_text)
 
     import media_sources
@@ -175,7 +180,7 @@ def _serve(post_id: str, child_id: str | None, width_text: str) -> Response:
     try:
         media_sources.still_url(media_sources.find_post(post_id), child_id)
     except media_sources.NotInFeed:
-        abort(404)
+        abort(404, description=_not_in_feed(post_id, child_id))
 
     slot = media_folder() / post_id / (child_id or "post")
     sized = slot / f"{width}.jpg"
@@ -186,14 +191,17 @@ def _serve(post_id: str, child_id: str | None, width_text: str) -> Response:
             source = media_sources.ensure_source(post_id, child_id, slot)
             _write_resized(source, sized, width)
         except media_sources.NotInFeed:
-            abort(404)
+            abort(404, description=_not_in_feed(post_id, child_id))
         except MediaError as err:
             logger.warning(
                 "Image %s/%s unavailable: %s", post_id, child_id or "post", err
             )
-            response = Response(str(err), status=502, mimetype="text/plain")
-            response.headers["Cache-Control"] = "no-store"
-            return response
+            # Imported here because images imports this module.
+            from images import error_response
+
+            reason = str(err).rstrip(".")
+            message = f"{reason}. Nothing was kept, so a later request tries again."
+            return error_response(502, "upstream_unavailable", message)
         enforce_limit(keep=sized)
         _mark_used(sized)
 
@@ -206,6 +214,25 @@ def _serve(post_id: str, child_id: str | None, width_text: str) -> Response:
     )
     response.headers["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def _not_found(name: str, value: str, valid: str) -> str:
+    from images import shown_value
+
+    return (
+        f"No image has the {name} {shown_value(value)}. Use {valid}, as in the "
+        "URLs of a feed response's sizes."
+    )
+
+
+def _not_in_feed(post_id: str, child_id: str | None) -> str:
+    image = (
+        f"Post {post_id}" if child_id is None else f"Child {child_id} of post {post_id}"
+    )
+    return (
+        f"{image} is not in the kept feed or has no still image. Use the URLs in a "
+        "current feed response's sizes."
+    )
 
 
 # --- downloading and resizing ---------------------------------------------

@@ -26,13 +26,16 @@ from images import (
     Rendered,
     add_cors,
     decode_cursor,
+    embed_error_page,
     embed_policy,
     error_response,
+    invalid_parameter,
     json_feed_body,
     next_page_url,
     parse_format,
     parse_limit,
     rendered_cache,
+    search_parameter_error,
     unavailable_response,
 )
 from services import now, services, token_store, x_client
@@ -246,42 +249,41 @@ def _parse_exclude(text: str | None) -> str | None:
     values = sorted({part.strip().lower() for part in text.split(",") if part.strip()})
     unknown = [value for value in values if value not in EXCLUDE_VALUES]
     if unknown:
-        raise ParameterError(
+        raise invalid_parameter(
             "exclude",
-            "exclude must be a comma list of replies and retweets; "
-            f"got {unknown[0][:20]!r}.",
+            unknown[0],
+            "a comma-separated list of replies and retweets",
+            "contains an invalid value",
         )
     return ",".join(values) or None
 
 
 def _parse_search_query(text: str | None) -> str:
     query = (text or "").strip()
+    valid = f"an X search query of up to {MAX_SEARCH_QUERY} characters"
     if not query:
-        raise ParameterError(
-            "q", "q is required: the X search query, up to 512 characters."
-        )
+        raise invalid_parameter("q", text, valid, "is required")
     if len(query) > MAX_SEARCH_QUERY:
-        raise ParameterError(
-            "q", f"q must be at most {MAX_SEARCH_QUERY} characters; got {len(query)}."
-        )
+        raise invalid_parameter("q", query, valid, "is too long")
     return query
 
 
 def _parse_local_query() -> search.Query | None:
+    text = request.args.get("q")
     try:
-        return search.parse_query(request.args.get("q"))
+        return search.parse_query(text)
     except search.QueryError as err:
-        raise ParameterError(err.parameter, err.message) from None
+        raise search_parameter_error(err, text, None) from None
 
 
 def _parse_view(text: str | None) -> str:
+    """Return the view named by `view` (any case), by default the timeline."""
     if not text:
         return "timeline"
-    if text not in VIEWS:
-        raise ParameterError(
-            "view", f"view must be timeline, search or liked; got {text[:20]!r}."
-        )
-    return text
+    view = text.lower()
+    if view not in VIEWS:
+        raise invalid_parameter("view", text, "timeline, search or liked")
+    return view
 
 
 # --- responses ------------------------------------------------------------
@@ -346,6 +348,8 @@ def tweets_response(view: str, embed: bool = False) -> Response:
         try:
             parsed = parse_tweets_request(view, embed)
         except ParameterError as err:
+            if embed:
+                return embed_error_page(400, err.message)
             return error_response(400, "invalid_parameter", err.message, err.parameter)
     if view == "search":
         wait = _search_budget_wait(parsed.feed_key)
@@ -480,5 +484,5 @@ def embed() -> Response:
     try:
         view = _parse_view(request.args.get("view"))
     except ParameterError as err:
-        return error_response(400, "invalid_parameter", err.message, err.parameter)
+        return embed_error_page(400, err.message)
     return tweets_response(view, embed=True)

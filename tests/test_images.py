@@ -763,11 +763,145 @@ def test_images_limit_bounds_accepted(client, connected, limit):
     assert len(body["data"]) == int(limit)
 
 
-def test_images_embed_invalid_parameter(client, connected):
-    response = client.get("/images/embed?limit=abc")
+@pytest.mark.parametrize(
+    ("query", "message"),
+    [
+        (
+            "limit=0",
+            "Parameter limit is invalid: got '0'. Use a whole number from 1 to 100.",
+        ),
+        (
+            "limit=" + "9" * 30,
+            "Parameter limit is invalid: got '99999999999999999999'... "
+            "(30 characters). Use a whole number from 1 to 100.",
+        ),
+        (
+            "after=garbage",
+            "Parameter after is invalid: got 'garbage'. Use the cursor from a "
+            "previous response's paging.next.",
+        ),
+        (
+            "after=" + "A" * 30,
+            "Parameter after is invalid: got 'AAAAAAAAAAAAAAAAAAAA'... "
+            "(30 characters). Use the cursor from a previous response's paging.next.",
+        ),
+        (
+            "format=xml",
+            "Parameter format is invalid: got 'xml'. Use json or html.",
+        ),
+        (
+            "type=image,Reel",
+            "Parameter type contains an invalid value: got 'Reel'. Use a "
+            "comma-separated list of image, video and carousel_album.",
+        ),
+        (
+            "q=" + "b" * 201,
+            "Parameter q is too long: got 'bbbbbbbbbbbbbbbbbbbb'... "
+            "(201 characters). Use at most 200 characters of search terms.",
+        ),
+    ],
+)
+def test_images_parameter_message_form(client, connected, query, message):
+    connected.posts = [raw_post(1)]
+
+    response = client.get(f"/images?{query}")
 
     assert response.status_code == 400
-    assert response.get_json()["error"]["parameter"] == "limit"
+    assert response.get_json()["error"]["message"] == message
+
+
+@pytest.mark.parametrize(
+    ("value", "mimetype"),
+    [("HTML", "text/html"), ("Html", "text/html"), ("JSON", "application/json")],
+)
+def test_images_format_case_insensitive(client, connected, value, mimetype):
+    connected.posts = [raw_post(1)]
+
+    response = client.get(f"/images?format={value}")
+
+    assert response.status_code == 200
+    assert response.mimetype == mimetype
+
+
+def test_images_embed_invalid_parameter(client, connected):
+    response = client.get("/images/embed?limit=abc")
+    page = response.get_data(as_text=True)
+
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    assert "Parameter limit is invalid: got &#39;abc&#39;." in page
+    assert response.headers["Cache-Control"] == "no-store"
+    assert response.headers["Content-Security-Policy"] == images_embed_policy(client)
+
+
+def test_images_embed_error_page_escapes_value(client, connected):
+    response = client.get("/images/embed", query_string={"type": "<b>x</b>"})
+    page = response.get_data(as_text=True)
+
+    assert response.status_code == 400
+    assert "<b>" not in page
+    assert "&lt;b&gt;x&lt;/b&gt;" in page
+    assert "frame-ancestors" in response.headers["Content-Security-Policy"]
+
+
+def images_embed_policy(client: Any) -> str:
+    with client.application.test_request_context():
+        return images.embed_policy()
+
+
+# --- errors outside the routes ----------------------------------------------
+
+
+@pytest.mark.parametrize("path", ["/images", "/healthz", "/embed.js"])
+def test_public_path_wrong_method_json_405(client, path):
+    response = client.post(path)
+    error = response.get_json()["error"]
+
+    assert response.status_code == 405
+    assert response.mimetype == "application/json"
+    assert error["code"] == "method_not_allowed"
+    assert f"Method POST is not allowed on '{path}'" in error["message"]
+    assert "GET" in response.headers["Allow"]
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_images_embed_wrong_method_html_405(client):
+    response = client.delete("/images/embed")
+
+    assert response.status_code == 405
+    assert response.mimetype == "text/html"
+    assert "Method DELETE is not allowed" in response.get_data(as_text=True)
+    assert "GET" in response.headers["Allow"]
+    assert "frame-ancestors" in response.headers["Content-Security-Policy"]
+
+
+@pytest.mark.parametrize("path", ["/images/nothing", "/healthz/x", "/embed.js/x"])
+def test_public_path_unknown_json_404(client, path):
+    response = client.get(path)
+    error = response.get_json()["error"]
+
+    assert response.status_code == 404
+    assert response.mimetype == "application/json"
+    assert error["code"] == "not_found"
+    assert f"No public route matches '{path}'" in error["message"]
+    assert "/images/embed" in error["message"]
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("path", ["/nothing", "/imagesx", "/admin/nothing"])
+def test_other_path_unknown_keeps_html_404(client, path):
+    response = client.get(path)
+
+    assert response.status_code == 404
+    assert response.mimetype == "text/html"
+    assert "Not Found" in response.get_data(as_text=True)
+
+
+def test_admin_wrong_method_keeps_html_405(client):
+    response = client.put("/admin/generate")
+
+    assert response.status_code == 405
+    assert response.mimetype == "text/html"
 
 
 # --- not connected --------------------------------------------------------

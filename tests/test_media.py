@@ -517,8 +517,9 @@ def test_media_album_child_and_video_cover(client, instagram):
 
 def assert_rejected(app: Any, response: Any, words: str) -> None:
     assert response.status_code == 502
-    assert response.mimetype == "text/plain"
-    assert words in response.get_data(as_text=True)
+    assert response.mimetype == "application/json"
+    assert response.get_json()["error"]["code"] == "upstream_unavailable"
+    assert words in response.get_json()["error"]["message"]
     assert response.headers["Cache-Control"] == "no-store"
     assert kept_files(app) == []
 
@@ -1037,9 +1038,71 @@ def test_media_hostile_path_not_found(app, client, instagram, path):
     response = client.get(path)
 
     assert response.status_code == 404
+    assert response.mimetype == "application/json"
+    assert response.get_json()["error"]["code"] == "not_found"
+    assert len(response.get_json()["error"]["message"]) < 400
     assert not media_folder(app).exists()
     assert instagram.cdn_calls() == []
     assert instagram.media_calls() == []
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        (
+            f"/media/{post_id(1)}/999.jpg",
+            "No image has the width '999'. Use one of the configured widths, 150, "
+            "320, 640 and 1080, as in the URLs of a feed response's sizes.",
+        ),
+        (
+            "/media/abc/320.jpg",
+            "No image has the post id 'abc'. Use a post id of up to 32 digits, as "
+            "in the URLs of a feed response's sizes.",
+        ),
+        (
+            f"/media/{post_id(3)}/x/320.jpg",
+            "No image has the child id 'x'. Use a child id of up to 32 digits, as "
+            "in the URLs of a feed response's sizes.",
+        ),
+        (
+            f"/media/{post_id(99)}/320.jpg",
+            f"Post {post_id(99)} is not in the kept feed or has no still image. Use "
+            "the URLs in a current feed response's sizes.",
+        ),
+        (
+            f"/media/{post_id(3)}/{child_id(99, 0)}/320.jpg",
+            f"Child {child_id(99, 0)} of post {post_id(3)} is not in the kept feed "
+            "or has no still image. Use the URLs in a current feed response's sizes.",
+        ),
+    ],
+)
+def test_media_not_found_json_message(app, client, instagram, path, message):
+    publish(client, instagram, [raw_post(1), album_post(3)])
+
+    response = client.get(path)
+    error = response.get_json()["error"]
+
+    assert response.status_code == 404
+    assert error == {"code": "not_found", "message": message}
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+@pytest.mark.parametrize("path", ["/media", "/media/1", "/media/1/2/3/320.jpg"])
+def test_media_unknown_path_json_404(client, path):
+    response = client.get(path)
+    error = response.get_json()["error"]
+
+    assert response.status_code == 404
+    assert error["code"] == "not_found"
+    assert f"No public route matches '{path}'" in error["message"]
+
+
+def test_media_wrong_method_json_405(client):
+    response = client.post(media_path(1, 320))
+
+    assert response.status_code == 405
+    assert response.get_json()["error"]["code"] == "method_not_allowed"
+    assert "GET" in response.headers["Allow"]
 
 
 # --- caching headers ------------------------------------------------------

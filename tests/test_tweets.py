@@ -538,8 +538,6 @@ def test_search_cors_on_error(x_client, fake_x):
         ("/tweets?exclude=foo", "exclude"),
         ("/tweets?exclude=replies,foo", "exclude"),
         ("/tweets?format=xml", "format"),
-        ("/tweets/embed?view=foo", "view"),
-        ("/tweets/embed?view=search", "q"),
         ("/tweets/search", "q"),
         ("/tweets/search?q=", "q"),
         ("/tweets/search?q=%20%20", "q"),
@@ -556,6 +554,130 @@ def test_bad_input_names_parameter(x_client, fake_x, url, parameter):
     assert parameter in error_of(response)["message"]
     assert response.headers["Cache-Control"] == "no-store"
     assert fake_x.calls() == []
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "/tweets?exclude=replies,Foo",
+            "Parameter exclude contains an invalid value: got 'foo'. Use a "
+            "comma-separated list of replies and retweets.",
+        ),
+        (
+            "/tweets/search",
+            "Parameter q is required: got no value. Use an X search query of up "
+            "to 512 characters.",
+        ),
+        (
+            "/tweets/search?q=%20",
+            "Parameter q is required: got ' '. Use an X search query of up to 512 "
+            "characters.",
+        ),
+        (
+            "/tweets/search?q=" + "c" * 513,
+            "Parameter q is too long: got 'cccccccccccccccccccc'... "
+            "(513 characters). Use an X search query of up to 512 characters.",
+        ),
+        (
+            "/tweets?q=" + "d" * 201,
+            "Parameter q is too long: got 'dddddddddddddddddddd'... "
+            "(201 characters). Use at most 200 characters of search terms.",
+        ),
+        (
+            "/tweets?format=xml",
+            "Parameter format is invalid: got 'xml'. Use json or html.",
+        ),
+        (
+            "/tweets?after=" + "Z" * 25,
+            "Parameter after is invalid: got 'ZZZZZZZZZZZZZZZZZZZZ'... "
+            "(25 characters). Use the cursor from a previous response's paging.next.",
+        ),
+    ],
+)
+def test_bad_input_message_form(x_client, fake_x, url, message):
+    response = x_client.get(url)
+
+    assert response.status_code == 400
+    assert error_of(response)["message"] == message
+
+
+@pytest.mark.parametrize(
+    ("query", "mimetype"),
+    [("format=HTML", "text/html"), ("format=Json", "application/json")],
+)
+def test_timeline_format_case_insensitive(x_client, fake_x, query, mimetype):
+    response = x_client.get(f"/tweets?{query}")
+
+    assert response.status_code == 200
+    assert response.mimetype == mimetype
+
+
+def test_embed_view_case_insensitive(make_x_app, fake_x):
+    client = make_x_app(X_USERNAME="owner_handle", **oauth1_keys()).test_client()
+
+    response = client.get("/tweets/embed?view=Liked")
+
+    assert response.status_code == 200
+    assert len(fake_x.calls(LIKED_URL)) == 1
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (
+            "/tweets/embed?view=foo",
+            "Parameter view is invalid: got &#39;foo&#39;. Use timeline, search "
+            "or liked.",
+        ),
+        ("/tweets/embed?view=search", "Parameter q is required: got no value."),
+        ("/tweets/embed?limit=0", "Parameter limit is invalid: got &#39;0&#39;."),
+        (
+            "/tweets/embed?exclude=%3Cscript%3E",
+            "got &#39;&lt;script&gt;&#39;.",
+        ),
+    ],
+)
+def test_embed_bad_input_html_page(x_client, fake_x, url, message):
+    response = x_client.get(url)
+    page = response.get_data(as_text=True)
+
+    assert response.status_code == 400
+    assert response.mimetype == "text/html"
+    assert page.startswith("<!doctype html>")
+    assert message in page
+    assert "<script>" not in page
+    assert "frame-ancestors 'self'" in response.headers["Content-Security-Policy"]
+    assert response.headers["Cache-Control"] == "no-store"
+    assert fake_x.calls() == []
+
+
+@pytest.mark.parametrize("path", ["/tweets", "/tweets/search", "/tweets/liked"])
+def test_tweets_wrong_method_json_405(x_client, path):
+    response = x_client.put(path)
+
+    assert response.status_code == 405
+    assert error_of(response)["code"] == "method_not_allowed"
+    assert "GET" in response.headers["Allow"]
+    assert response.headers["Cache-Control"] == "no-store"
+
+
+def test_tweets_embed_wrong_method_html_405(x_client):
+    response = x_client.post("/tweets/embed")
+
+    assert response.status_code == 405
+    assert response.mimetype == "text/html"
+    assert "GET" in response.headers["Allow"]
+    assert "frame-ancestors" in response.headers["Content-Security-Policy"]
+
+
+def test_tweets_unknown_path_json_404(x_client):
+    response = x_client.get("/tweets/nothing")
+
+    assert response.status_code == 404
+    assert error_of(response)["code"] == "not_found"
+    assert "'/tweets/nothing'" in error_of(response)["message"]
+    assert response.headers["Cache-Control"] == "no-store"
 
 
 def test_search_512_characters_accepted(x_client, fake_x):
