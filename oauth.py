@@ -284,12 +284,16 @@ def callback(provider: str) -> Response:
             chosen, state, auth.session_binding()
         )
     except StateError as err:
-        logger.warning("Rejected %s callback: %s", chosen.name, err)
         return _fail(chosen, str(err))
 
     if "error" in request.args:
-        reason = request.args.get("error_description") or request.args.get("error")
-        return _fail(chosen, f"{chosen.title} did not grant access: {reason}")
+        error = request.args.get("error", "")
+        message = _authorization_error_message(
+            chosen, error, request.args.get("error_description")
+        )
+        # A press of Deny is the owner's choice, not a fault worth a warning.
+        level = logging.INFO if error == "access_denied" else logging.WARNING
+        return _fail(chosen, message, level)
 
     code = request.args.get("code", "").removesuffix("#_")
     if not code:
@@ -326,12 +330,28 @@ def _fetch_feed_in_background(provider: str) -> None:
     threading.Thread(target=run, name=f"feed-{provider}", daemon=True).start()
 
 
-def _fail(provider: Provider, message: str) -> Response:
+def _authorization_error_message(
+    provider: Provider, error: str, description: str | None
+) -> str:
+    """Describe the error that the provider sent back from its authorize page.
+
+    A provider with an `authorization_error_message` method (X) turns the
+    error code into a sentence with the next step. Otherwise the provider's
+    own error_description is shown, as Instagram's is a sentence already.
+    """
+    describe = getattr(provider, "authorization_error_message", None)
+    if describe is not None:
+        return describe(error, description)
+    return f"{provider.title} did not grant access: {description or error}"
+
+
+def _fail(provider: Provider, message: str, level: int = logging.WARNING) -> Response:
+    """Log the failed attempt once, at `level`, and show it on the summary page."""
     # The message may carry the provider's error_description, which anyone can
     # make long; it goes into the session cookie, which browsers cap at 4 KB.
     if len(message) > MAX_MESSAGE_LENGTH:
         message = message[: MAX_MESSAGE_LENGTH - 1] + "…"
-    logger.warning("%s connection failed: %s", provider.title, message)
+    logger.log(level, "%s connection failed: %s", provider.title, message)
     _record_attempt(provider, False, message)
     return redirect(url_for("admin.summary"), code=303)
 

@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from werkzeug.security import check_password_hash
+
 INSTAGRAM_DEFAULTS = {
     "INSTAGRAM_AUTHORIZE_URL": "https://www.instagram.com/oauth/authorize",
     "INSTAGRAM_TOKEN_URL": "https://api.instagram.com/oauth/access_token",
@@ -183,6 +185,8 @@ def resolve_mode(config: dict[str, Any], instance_path: Path) -> None:
         raise ConfigError(
             "Both ADMIN_PASSWORD and ADMIN_PASSWORD_HASH are set. Set only one of them."
         )
+    if config.get("ADMIN_PASSWORD_HASH"):
+        _check_password_hash(config["ADMIN_PASSWORD_HASH"])
     if config.get("SANDBOX_TOKEN_RESPONSE") not in ("flat", "documented"):
         raise ConfigError(
             f"SANDBOX_TOKEN_RESPONSE is {config.get('SANDBOX_TOKEN_RESPONSE')!r}. "
@@ -222,6 +226,40 @@ _MISSING_HINTS = {
         "the same across restarts and workers."
     ),
 }
+
+
+_HASH_COMMAND = (
+    ".venv/bin/python -c 'from werkzeug.security import generate_password_hash; "
+    'print(generate_password_hash("your password"))\''
+)
+
+
+def _check_password_hash(value: str) -> None:
+    """Raise ConfigError unless `value` is a hash Werkzeug's check_password_hash reads.
+
+    A Werkzeug hash is "method$salt$hash" with a hex hash, such as
+    "scrypt:32768:8:1$...$...". Anything else makes every login fail. The
+    message never quotes the value, because it may be a plain password pasted
+    by mistake.
+    """
+    method, salt, digest = (value.split("$", 2) + ["", ""])[:3]
+    valid = bool(method and salt and re.fullmatch(r"[0-9a-f]+", digest))
+    if valid:
+        # Werkzeug 3.1 has no public call that validates a hash, so checking an
+        # empty password tests the method and its parameters. It costs one
+        # login's hashing.
+        try:
+            check_password_hash(value, "")
+        except ValueError:
+            valid = False
+    if not valid:
+        raise ConfigError(
+            "ADMIN_PASSWORD_HASH is not a Werkzeug password hash "
+            '("method$salt$hash", such as scrypt:32768:8:1$...), so every login '
+            f"would fail. Make one with `{_HASH_COMMAND}` and set "
+            "ADMIN_PASSWORD_HASH to its output, in single quotes in a shell so $ is "
+            "not expanded. Or set ADMIN_PASSWORD instead."
+        )
 
 
 def _check_encryption_key(key: str | None) -> None:

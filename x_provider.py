@@ -29,6 +29,44 @@ SCOPE = "tweet.read users.read like.read offline.access"
 # The app-only bearer token fetched with the API key, kept beside the user token.
 APP_BEARER_RECORD = "x_app"
 
+_AGAIN = "then press Generate X token again."
+# The error codes an authorize page may send back (RFC 6749, section 4.1.2.1),
+# each with what it means for ownfeed and the next step.
+AUTHORIZATION_ERRORS = {
+    "access_denied": (
+        "Access to the X account was not granted (access_denied). To connect it, "
+        "press Generate X token again and allow access on X's authorize page."
+    ),
+    "invalid_request": (
+        "X rejected the authorization request as invalid (invalid_request). Check "
+        "that X_CLIENT_ID is the app's OAuth 2.0 Client ID and that X_REDIRECT_URI "
+        f"is a callback URI registered for the app, {_AGAIN}"
+    ),
+    "unauthorized_client": (
+        "X does not let this app request an authorization code "
+        "(unauthorized_client). In the X developer console, under User "
+        f"authentication settings, turn on OAuth 2.0 for a Web App, {_AGAIN}"
+    ),
+    "unsupported_response_type": (
+        "The authorize page does not support the authorization code flow "
+        "(unsupported_response_type). Remove X_AUTHORIZE_URL to use "
+        f"https://x.com/i/oauth2/authorize, {_AGAIN}"
+    ),
+    "invalid_scope": (
+        f"X rejected the requested scopes, {SCOPE} (invalid_scope). In the X "
+        "developer console, check that the app's User authentication settings "
+        f"allow reading, {_AGAIN}"
+    ),
+    "server_error": (
+        "X failed with an internal error while authorizing (server_error). Wait a "
+        "few minutes, then press Generate X token again."
+    ),
+    "temporarily_unavailable": (
+        "X cannot authorize right now (temporarily_unavailable). Wait a few "
+        "minutes, then press Generate X token again."
+    ),
+}
+
 
 class XProvider:
     """X (Twitter) API v2."""
@@ -80,6 +118,26 @@ class XProvider:
         return x_client().authorize_url(
             client_id, redirect_uri, state, code_challenge, scope=self.scope
         )
+
+    def authorization_error_message(self, error: str, description: str | None) -> str:
+        """Describe the error code that X's authorize page sent back, with the fix.
+
+        X's error_description, when it sends one, is added to every code except
+        access_denied, where it adds nothing. An unknown code is shown as sent,
+        and the summary page escapes it.
+        """
+        known = AUTHORIZATION_ERRORS.get(error)
+        if known is None:
+            message = (
+                f"X did not grant access ({error or 'no error code'}). Press Generate "
+                "X token again, and check the app's User authentication settings in "
+                "the X developer console if this persists."
+            )
+        else:
+            message = known
+        if description and error != "access_denied":
+            message += f" X's description: {description}"
+        return message
 
     def connect(
         self, code: str, redirect_uri: str, code_verifier: str | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -247,6 +248,36 @@ def test_startup_both_passwords_rejected(make_app):
         make_app(ADMIN_PASSWORD="a", ADMIN_PASSWORD_HASH="b")
 
 
+@pytest.mark.parametrize(
+    "value",
+    [
+        "plaintext",
+        "md5$salt$0123abcd",
+        "pbkdf2:sha256:600000",
+        "pbkdf2:sha256:600000$salt$",
+        "pbkdf2:no-such-digest:1000$salt$0123abcd",
+        "scrypt:3:8:1$salt$0123abcd",
+    ],
+)
+def test_startup_invalid_password_hash_rejected(make_app, value):
+    from settings import ConfigError
+
+    with pytest.raises(ConfigError) as caught:
+        make_app(ADMIN_PASSWORD_HASH=value)
+    message = str(caught.value)
+    assert message.startswith("ADMIN_PASSWORD_HASH is not a Werkzeug password hash")
+    assert "from werkzeug.security import generate_password_hash" in message
+    assert value not in message
+
+
+def test_startup_pbkdf2_password_hash_accepted(make_app):
+    from werkzeug.security import generate_password_hash
+
+    value = generate_password_hash("hashed secret", method="pbkdf2:sha256:1000")
+    client = make_app(ADMIN_PASSWORD_HASH=value).test_client()
+    assert log_in(client, "hashed secret").status_code == 303
+
+
 def test_startup_http_endpoint_rejected(make_app):
     from settings import ConfigError
 
@@ -368,6 +399,118 @@ def test_callback_denied_shows_reason(real_app):
     page = summary_text(client)
     assert "did not grant access: The user denied your request." in page
     assert real_app.extensions["ownfeed"].token_store.get("instagram") is None
+
+
+def start_x_authorization(client) -> str:
+    """Press Generate X token (the X sandbox in sandbox mode) and return the state."""
+    token = csrf_token(client, "/admin/generate")
+    response = client.post("/admin/generate/x", data={"csrf_token": token})
+    assert response.status_code == 303
+    return parse_qs(urlsplit(response.headers["Location"]).query)["state"][0]
+
+
+def oauth_records(caplog, text: str) -> list[logging.LogRecord]:
+    return [
+        record
+        for record in caplog.records
+        if record.name == "oauth" and text in record.getMessage()
+    ]
+
+
+def test_x_sandbox_deny_shows_next_step(app, caplog):
+    caplog.set_level(logging.INFO)
+    client = app.test_client()
+    log_in(client)
+    token = csrf_token(client, "/admin/generate")
+    started = client.post("/admin/generate/x", data={"csrf_token": token})
+    authorize = urlsplit(started.headers["Location"])
+    consent = client.get(f"{authorize.path}?{authorize.query}")
+    form = {name: values[0] for name, values in parse_qs(authorize.query).items()}
+    form["csrf_token"] = re.search(
+        r'name="csrf_token" value="([^"]+)"', consent.get_data(as_text=True)
+    ).group(1)
+    form["decision"] = "deny"
+    denied = client.post(authorize.path, data=form)
+    back = urlsplit(denied.headers["Location"])
+    assert back.path == "/admin/callback/x"
+
+    assert client.get(f"{back.path}?{back.query}").status_code == 303
+
+    page = summary_text(client)
+    assert "Access to the X account was not granted (access_denied)." in page
+    assert "press Generate X token again and allow access" in page
+    assert "did not grant access" not in page
+    assert app.extensions["ownfeed"].token_store.get("x") is None
+    logged = oauth_records(caplog, "access_denied")
+    assert len(logged) == 1
+    assert logged[0].levelno == logging.INFO
+
+
+@pytest.mark.parametrize(
+    ("error", "words"),
+    [
+        ("invalid_request", "X_REDIRECT_URI is a callback URI registered"),
+        ("unauthorized_client", "turn on OAuth 2.0 for a Web App"),
+        ("unsupported_response_type", "Remove X_AUTHORIZE_URL"),
+        ("invalid_scope", "like.read offline.access (invalid_scope)"),
+        ("server_error", "Wait a few minutes"),
+        ("temporarily_unavailable", "Wait a few minutes"),
+    ],
+)
+def test_x_authorize_error_codes_explained(app, caplog, error, words):
+    client = app.test_client()
+    log_in(client)
+    state = start_x_authorization(client)
+
+    client.get(f"/admin/callback/x?error={error}&state={state}")
+
+    page = summary_text(client)
+    assert f"({error})" in page
+    assert words in page
+    assert "press Generate X token again" in page
+    assert oauth_records(caplog, error)[0].levelno == logging.WARNING
+
+
+def test_x_authorize_error_description_kept(app):
+    client = app.test_client()
+    log_in(client)
+    state = start_x_authorization(client)
+
+    client.get(
+        "/admin/callback/x?error=invalid_request"
+        f"&error_description=Missing+code_challenge&state={state}"
+    )
+
+    page = summary_text(client)
+    assert "(invalid_request)" in page
+    assert "X&#39;s description: Missing code_challenge" in page
+
+
+def test_x_authorize_unknown_error_escaped(app):
+    client = app.test_client()
+    log_in(client)
+    state = start_x_authorization(client)
+
+    client.get(f"/admin/callback/x?error=%3Cb%3Eodd%3C%2Fb%3E&state={state}")
+
+    page = summary_text(client)
+    assert "X did not grant access (&lt;b&gt;odd&lt;/b&gt;)." in page
+    assert "<b>odd" not in page
+    assert "Press Generate X token again" in page
+
+
+def test_rejected_callback_logged_once(real_app, caplog):
+    caplog.set_level(logging.INFO)
+    client = real_app.test_client()
+    log_in(client)
+    start_authorization(client)
+
+    client.get("/admin/callback/instagram?code=C&state=forged-state")
+
+    logged = oauth_records(caplog, "does not match any authorization")
+    assert len(logged) == 1
+    assert logged[0].levelno == logging.WARNING
+    assert "does not match any authorization" in summary_text(client)
 
 
 @pytest.mark.parametrize(
