@@ -101,6 +101,8 @@ def _rate_headers(response: Response) -> Response:
 
 def media_url(name: str) -> str:
     """Return the absolute URL of a sandbox image."""
+    # The URL carries this server's port, as X's carry its image host, so
+    # services.py drops the saved X feeds when the server moves to another port.
     return url_for("sandbox_x.image", name=name, _external=True)
 
 

@@ -6,6 +6,7 @@ helpers below look it up, so tests can build several apps side by side.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
@@ -20,6 +21,8 @@ import sandbox_x
 from instagram import Endpoints, InstagramClient
 from token_store import TokenStore
 from x import XClient, XEndpoints
+
+logger = logging.getLogger(__name__)
 
 # Where `flask run` listens by default; used in sandbox mode when no
 # request says where the server is (the `flask token` and `flask feed` commands).
@@ -154,9 +157,37 @@ def _sandbox_server_url() -> str:
     port = request.environ.get("SERVER_PORT", "5000")
     url = f"http://127.0.0.1:{port}"
     if app_services.sandbox_url != url:
+        previous = _recorded_sandbox_url()
         app_services.sandbox_url = url
         _record_sandbox_url(url)
+        if previous is not None and previous != url:
+            _forget_sandbox_x_feeds(app_services, previous, url)
     return url
+
+
+def _forget_sandbox_x_feeds(app_services: Services, previous: str, url: str) -> None:
+    """Drop the saved sandbox X feeds, whose image URLs name the old port.
+
+    X sends absolute image URLs, and the sandbox's name the server it ran on,
+    so feeds fetched before the server moved would show broken images. The
+    next request fetches them again from the sandbox at the new address.
+    """
+    folder = Path(current_app.instance_path)
+    removed = 0
+    for path in folder.glob("feed-x-*.json"):
+        path.unlink(missing_ok=True)
+        removed += 1
+    with app_services.clients_lock:
+        for name in [name for name in app_services.feeds if name.startswith("x-")]:
+            del app_services.feeds[name]
+    if removed:
+        logger.info(
+            "The sandbox moved from %s to %s; removed %d saved X feed(s) so that "
+            "their images are fetched from the new address.",
+            previous,
+            url,
+            removed,
+        )
 
 
 def _record_sandbox_url(url: str) -> None:

@@ -792,3 +792,39 @@ def test_control_without_csrf_rejected(live):
 
 def test_control_unknown_action_rejected(live):
     assert control(live, "format_disk").status_code == 400
+
+
+def test_panel_says_reset_time_kept(live):
+    page = requests.get(f"{live.url}/sandbox/x/", timeout=10)
+    note = re.search(r'<p id="reset-note">(.*?)</p>', page.text, re.DOTALL)
+    assert note, "the panel has no note about the reset time"
+    text = " ".join(note.group(1).split())
+    assert "ownfeed waits until the reset time it already received" in text
+
+
+def test_port_change_drops_saved_x_feeds(make_app):
+    import services
+
+    sandbox_app = make_app()
+    folder = Path(sandbox_app.instance_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sandbox-url").write_text("http://127.0.0.1:5000\n", encoding="utf-8")
+    saved = folder / "feed-x-timeline.json"
+    saved.write_text('{"posts": []}', encoding="utf-8")
+    instagram = folder / "feed-instagram.json"
+    instagram.write_text('{"posts": []}', encoding="utf-8")
+
+    with sandbox_app.test_request_context(base_url="http://127.0.0.1:5000/"):
+        services.services().feeds["x-timeline"] = object()
+        services._sandbox_server_url()
+        kept_on_same_port = saved.exists()
+    with sandbox_app.test_request_context(base_url="http://127.0.0.1:5055/"):
+        url = services._sandbox_server_url()
+        feeds = dict(services.services().feeds)
+
+    assert kept_on_same_port
+    assert url == "http://127.0.0.1:5055"
+    assert not saved.exists()
+    assert instagram.exists()
+    assert "x-timeline" not in feeds
+    assert (folder / "sandbox-url").read_text(encoding="utf-8").strip() == url
