@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import requests
@@ -13,10 +15,24 @@ from bench.load import Request, lua_script, run_python, run_wrk, wrk_available
 from bench.standin import StandIn
 
 
+class QuietStandIn(StandIn):
+    """A stand-in that ignores clients hanging up, as the load generators do.
+
+    wrk and the Python client close their keep-alive connections when they stop,
+    sometimes while a handler thread still reads the next request line.
+    socketserver would print that ConnectionResetError's traceback.
+    """
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if isinstance(sys.exc_info()[1], (ConnectionResetError, BrokenPipeError)):
+            return
+        super().handle_error(request, client_address)
+
+
 @pytest.fixture(scope="module")
 def standin_server() -> Iterator[StandIn]:
     """A stand-in with 150 posts and no delay, served from a thread."""
-    server = StandIn(0, posts=150, delay=0.0)
+    server = QuietStandIn(0, posts=150, delay=0.0)
     thread = threading.Thread(
         target=server.serve_forever, kwargs={"poll_interval": 0.1}
     )
@@ -33,6 +49,25 @@ def standin(standin_server: StandIn) -> StandIn:
     with standin_server.calls_lock:
         standin_server.calls.clear()
     return standin_server
+
+
+@pytest.mark.parametrize("error", [ConnectionResetError, BrokenPipeError])
+def test_standin_silent_on_hang_up(standin: StandIn, capsys, error) -> None:
+    try:
+        raise error("the client closed the connection")
+    except error:
+        standin.handle_error(None, ("127.0.0.1", 9))
+
+    assert capsys.readouterr().err == ""
+
+
+def test_standin_reports_other_errors(standin: StandIn, capsys) -> None:
+    try:
+        raise ValueError("a bug in a handler")
+    except ValueError:
+        standin.handle_error(None, ("127.0.0.1", 9))
+
+    assert "ValueError: a bug in a handler" in capsys.readouterr().err
 
 
 def test_standin_media_pages_follow_next(standin: StandIn) -> None:
