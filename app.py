@@ -21,6 +21,7 @@ import media
 import oauth
 import sandbox
 import sandbox_x
+import services
 import settings
 import tokens
 import tweets
@@ -40,6 +41,7 @@ PUBLIC_PREFIXES = ("/images", "/embed.js", "/media", "/tweets", "/healthz")
 EMBED_PAGES = ("/images/embed", "/tweets/embed")
 PUBLIC_ROUTES = (
     "/images, /images/embed, /embed.js, /media/<post_id>/<width>.jpg, "
+    "/media/<post_id>/<child_id>/<width>.jpg, "
     "/tweets, /tweets/search, /tweets/liked, /tweets/embed and /healthz"
 )
 
@@ -126,6 +128,7 @@ def register_blueprints(app: Flask) -> None:
     app.register_blueprint(media.bp)
     app.before_request(_refresh_due_tokens)
     if app.config["OWNFEED_SANDBOX"]:
+        app.before_request(_note_sandbox_address)
         app.register_blueprint(sandbox.bp)
         app.register_blueprint(sandbox_x.bp)
         app.jinja_env.globals["x_sandbox_on"] = True
@@ -137,6 +140,11 @@ def _refresh_due_tokens() -> None:
     """Keep tokens alive from visitors' requests, in the background."""
     if request.blueprint in ("images", "tweets"):
         tokens.refresh_in_background_if_due()
+
+
+def _note_sandbox_address() -> None:
+    """Notice a sandbox server that moved port before any feed is served."""
+    services.note_sandbox_address()
 
 
 def _csrf_failed(error: CSRFError) -> tuple[str, int]:

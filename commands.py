@@ -61,7 +61,7 @@ def token_status() -> None:
                 name,
                 "yes" if report["connected"] else "no",
                 f"@{report['account']}" if report["account"] else "-",
-                f"{days} days" if days is not None else "unknown",
+                _days_text(days),
                 (report["last_refresh"] or "never")[:16],
                 report["status"] or "-",
             )
@@ -242,6 +242,15 @@ def import_failure_message(err: InstagramError) -> str:
     return f"The token was not stored: {err}"
 
 
+def _days_text(days: int | None) -> str:
+    """Word the days left as the admin page does."""
+    if days is None:
+        return "unknown"
+    if days == 0:
+        return "less than a day"
+    return "1 day" if days == 1 else f"{days} days"
+
+
 def sandbox_down_message() -> str | None:
     """Return the message for a failed sandbox call when the ownfeed server is down.
 
@@ -262,10 +271,11 @@ def sandbox_down_message() -> str | None:
     except OSError:
         pass
     server_url = f"{address.scheme}://{address.netloc}"
+    start = "make run" if port == 5000 else f"make run PORT={port}"
     return (
         f"No ownfeed server is running at {server_url}. In sandbox mode the "
-        "sandbox provider runs inside the ownfeed server, so start it with "
-        "`make run` (or the command that started it), then run this command "
+        f"sandbox provider runs inside the ownfeed server, so start it with "
+        f"`{start}` (or the command that started it), then run this command "
         "again. If it runs at another address, set OWNFEED_SANDBOX_URL to that "
         "address for this command."
     )

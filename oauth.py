@@ -342,7 +342,13 @@ def _authorization_error_message(
     describe = getattr(provider, "authorization_error_message", None)
     if describe is not None:
         return describe(error, description)
-    return f"{provider.title} did not grant access: {description or error}"
+    message = f"{provider.title} did not grant access: {description or error}"
+    if error == "access_denied":
+        message = message.rstrip(".") + (
+            f". To connect the account, press Generate again and allow access on "
+            f"{provider.title}'s page."
+        )
+    return message
 
 
 def _fail(provider: Provider, message: str, level: int = logging.WARNING) -> Response:

@@ -145,6 +145,16 @@ def x_client() -> XClient:
     return client
 
 
+def note_sandbox_address() -> None:
+    """Record the port this request came in on, when the sandbox is in use.
+
+    Run before every request in sandbox mode, so that feeds saved while the
+    server ran on another port are dropped before a page shows their images.
+    """
+    if not current_app.config.get("OWNFEED_SANDBOX_URL"):
+        _sandbox_server_url()
+
+
 def _sandbox_server_url() -> str:
     configured = current_app.config.get("OWNFEED_SANDBOX_URL")
     if configured:

@@ -29,6 +29,7 @@ from test_tokens import (
     token_record,
 )
 
+import commands
 import tokens
 from timeutil import to_iso
 
@@ -567,7 +568,8 @@ def test_sandbox_server_down_says_start_it(stopped_sandbox_app, args):
 
     assert result.exit_code == 1
     assert f"No ownfeed server is running at {url}" in result.output
-    assert "start it with `make run`" in result.output
+    port = url.rpartition(":")[2]
+    assert f"start it with `make run PORT={port}`" in result.output
     assert "run this command again" in result.output
     assert "network access" not in result.output
     assert OLD_TOKEN not in result.output
@@ -583,3 +585,11 @@ def test_real_connection_failure_keeps_message(real_app, runner, clock, graph):
     assert "The connection to Instagram failed" in result.output
     assert "Check the server's network access" in result.output
     assert "make run" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("days", "text"),
+    [(None, "unknown"), (0, "less than a day"), (1, "1 day"), (12, "12 days")],
+)
+def test_status_days_worded_as_admin_page(days, text):
+    assert commands._days_text(days) == text

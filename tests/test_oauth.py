@@ -398,6 +398,7 @@ def test_callback_denied_shows_reason(real_app):
         assert mocker.call_count == 0
     page = summary_text(client)
     assert "did not grant access: The user denied your request." in page
+    assert "press Generate again and allow access on Instagram" in page
     assert real_app.extensions["ownfeed"].token_store.get("instagram") is None
 
 

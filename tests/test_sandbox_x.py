@@ -828,3 +828,16 @@ def test_port_change_drops_saved_x_feeds(make_app):
     assert instagram.exists()
     assert "x-timeline" not in feeds
     assert (folder / "sandbox-url").read_text(encoding="utf-8").strip() == url
+
+
+def test_public_request_on_new_port_drops_saved_x_feeds(make_app):
+    sandbox_app = make_app()
+    folder = Path(sandbox_app.instance_path)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "sandbox-url").write_text("http://127.0.0.1:5000\n", encoding="utf-8")
+    saved = folder / "feed-x-timeline.json"
+    saved.write_text('{"posts": []}', encoding="utf-8")
+
+    sandbox_app.test_client().get("/healthz", base_url="http://127.0.0.1:5055")
+
+    assert not saved.exists()

@@ -1029,8 +1029,10 @@ def test_token_status_lists_x_connection(make_x_app, clock):
         "x",
         "yes",
         "@owner_handle",
-        "0",
-        "days",
+        "less",
+        "than",
+        "a",
+        "day",
         "never",
         "active",
     ]
