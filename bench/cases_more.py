@@ -64,9 +64,10 @@ def search_case(
     cores = len(os.sched_getaffinity(0))
     extra_posts = settings.search_posts - settings.posts
     per_request = [cores / runs["distinct queries"].rps for runs in sizes.values()]
-    figures["http_us_per_kept_post"] = round(
-        (per_request[1] - per_request[0]) / extra_posts * 1e6, 3
-    )
+    # With the index, the two sizes cost about the same, and a difference
+    # below zero is the machine's noise, so it counts as no cost.
+    difference = (per_request[1] - per_request[0]) / extra_posts * 1e6
+    figures["http_us_per_kept_post"] = round(max(0.0, difference), 3)
     figures.update(filter_cost(settings))
     met = figures[f"posts_{settings.posts}"]["ratio"] >= 0.8
 

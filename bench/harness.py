@@ -40,7 +40,7 @@ class Settings:
     # Each load run lasts `seconds`; a comparison alternates its two sides
     # for `rounds` rounds, and its ratio is the median of the rounds' ratios.
     seconds: int = 2
-    rounds: int = 6
+    rounds: int = 10
     connections: int = 16
     wrk_threads: int = 1
     cold_clients: int = 100

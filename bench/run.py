@@ -234,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = settings_from(arguments)
     work_dir = Path(tempfile.mkdtemp(prefix="ownfeed-bench-"))
     bench = Bench(settings, work_dir)
+    # Read before pinning, which leaves this process one CPU fewer for nproc.
+    described = machine()
     pinned = servers.pin_servers() if settings.pin else None
     started = time.monotonic()
     load_before = _load_average()
@@ -250,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         "smoke": arguments.smoke,
         "run_seconds": round(time.monotonic() - started, 1),
         "machine": {
-            **machine(),
+            **described,
             "server_cpus": pinned[0] if pinned else None,
             "load_cpus": pinned[1] if pinned else None,
             "load_average_before": load_before,
