@@ -8,6 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import click
 from dotenv import load_dotenv
 from flask import Flask, Response, render_template, request
 from flask_wtf.csrf import CSRFError
@@ -218,14 +219,20 @@ def _public_http_error(error: HTTPException) -> Response | HTTPException:
 
 
 def _log_mode(app: Flask) -> None:
-    if app.config["OWNFEED_SANDBOX"]:
-        logger.info(
-            "ownfeed started in sandbox mode; instance folder %s", app.instance_path
-        )
-    else:
-        logger.info(
-            "ownfeed started for Instagram; instance folder %s", app.instance_path
-        )
+    """Log the mode and instance folder: at INFO for a server, else at DEBUG.
+
+    A command such as `flask token refresh` from cron would otherwise put
+    the line on stderr, which cron mails to the owner every time.
+    """
+    level = logging.DEBUG if _loaded_by_command() else logging.INFO
+    mode = "in sandbox mode" if app.config["OWNFEED_SANDBOX"] else "for Instagram"
+    logger.log(level, "ownfeed started %s; instance folder %s", mode, app.instance_path)
+
+
+def _loaded_by_command() -> bool:
+    """Tell whether a `flask` command other than `flask run` is loading the app."""
+    context = click.get_current_context(silent=True)
+    return context is not None and context.info_name != "run"
 
 
 try:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
+import click
 import pytest
 import requests_mock
 from conftest import TEST_PASSWORD
@@ -611,3 +612,19 @@ def test_sandbox_control_needs_admin(make_app):
     )
     log_in(client)
     assert client.get("/sandbox/").status_code == 200
+
+
+def test_startup_line_info_for_server_debug_for_command(make_app, caplog):
+    caplog.set_level(logging.DEBUG, logger="app")
+    make_app()
+    with click.Context(click.Command("status"), info_name="status"):
+        make_app()
+    with click.Context(click.Command("run"), info_name="run"):
+        make_app()
+
+    levels = [
+        record.levelno
+        for record in caplog.records
+        if record.getMessage().startswith("ownfeed started")
+    ]
+    assert levels == [logging.INFO, logging.DEBUG, logging.INFO]
