@@ -308,8 +308,11 @@ class Rendered:
         page_format: str,
         body: bytes,
         parameters: Any,
+        etag: str | None = None,
     ) -> Rendered:
-        etag = hashlib.sha256(body).hexdigest()[:32]
+        """Keep `body` with its ETag: `etag` when given, else a hash of the body."""
+        if etag is None:
+            etag = hashlib.sha256(body).hexdigest()[:32]
         return cls(snapshot.version, stale, page_format, body, etag, parameters)
 
     def shows(self, snapshot: Snapshot, stale: bool) -> bool:
@@ -427,12 +430,13 @@ def feed_response(view: str, page_format: str | None = None) -> Response:
     if parameters.page_format == "json":
         # The rewritten URLs depend on the address the request came to.
         variant = (proxy, req.scheme, req.host, req.script_root)
-        body = json_feed_body(snapshot, page, next_url, stale, rewrite, variant)
+        body, etag = json_feed_body(snapshot, page, next_url, stale, rewrite, variant)
     else:
         template = "feed/embed.html" if view == "embed" else "feed/grid.html"
         posts = [rewrite(post) for post in page]
         body = render_template(template, posts=posts, next_url=next_url).encode()
-    entry = Rendered.of(snapshot, stale, parameters.page_format, body, parameters)
+        etag = None
+    entry = Rendered.of(snapshot, stale, parameters.page_format, body, parameters, etag)
     cache.put(request_key, entry)
     return entry.response()
 
@@ -445,20 +449,25 @@ def json_feed_body(
     rewrite: Callable[[dict[str, Any]], dict[str, Any]],
     variant: tuple,
     extra: dict[str, Any] | None = None,
-) -> bytes:
-    """Return a feed page as JSON: data, paging, account, fetched_at, stale, `extra`.
+) -> tuple[bytes, str]:
+    """Return a feed page as JSON (data, paging, account, fetched_at, stale, `extra`)
+    and its ETag.
 
-    Each post is rewritten and serialised once per feed version and `variant`
-    (what the rewriting depends on), so a page of a new search costs joining
-    strings rather than serialising its posts again.
+    Each post is rewritten, serialised and hashed once per feed version and
+    `variant` (what the rewriting depends on), so a page of a new search costs
+    joining bytes. The ETag hashes the posts' digests and the rest of the body,
+    so it changes whenever the body does, without hashing the whole body.
     """
     serialized = snapshot.memo(("json", variant), dict)
     items = []
+    digests = []
     for post in page:
-        text = serialized.get(post["id"])
-        if text is None:
-            text = serialized[post["id"]] = _json(rewrite(post))
-        items.append(text)
+        kept = serialized.get(post["id"])
+        if kept is None:
+            text = _json(rewrite(post)).encode()
+            kept = serialized[post["id"]] = (text, hashlib.sha256(text).digest())
+        items.append(kept[0])
+        digests.append(kept[1])
     rest = {
         "paging": {"next": next_url},
         "account": {"username": snapshot.account.get("username")},
@@ -466,7 +475,10 @@ def json_feed_body(
         "stale": stale,
         **(extra or {}),
     }
-    return f'{{"data":[{",".join(items)}],{_json(rest)[1:]}'.encode()
+    tail = _json(rest).encode()
+    body = b"".join((b'{"data":[', b",".join(items), b"],", tail[1:]))
+    etag = hashlib.sha256(b"".join(digests) + tail).hexdigest()[:32]
+    return body, etag
 
 
 # One encoder for every body: json.dumps builds a new one per call when given

@@ -378,8 +378,10 @@ def tweets_response(view: str, embed: bool = False) -> Response:
             snapshot, parsed.local_query, parsed.cursor, parsed.limit
         )
         next_url = next_page_url(_encode_cursor(last)) if last is not None else None
-        body = _render(view, embed, parsed.page_format, snapshot, page, next_url, stale)
-        entry = Rendered.of(snapshot, stale, parsed.page_format, body, parsed)
+        body, etag = _render(
+            view, embed, parsed.page_format, snapshot, page, next_url, stale
+        )
+        entry = Rendered.of(snapshot, stale, parsed.page_format, body, parsed, etag)
         rendered.put(request_key, entry)
     return _finish(entry.response("Origin" if embed else "Origin, Accept"), embed)
 
@@ -447,14 +449,15 @@ def _render(
     page: list[dict[str, Any]],
     next_url: str | None,
     stale: bool,
-) -> bytes:
+) -> tuple[bytes, str | None]:
+    """Return the body and, for JSON, its ETag (None: hash the body)."""
     if page_format == "json":
         extra = {"query": snapshot.account.get("query")} if view == "search" else None
         return json_feed_body(
             snapshot, page, next_url, stale, _unchanged, ("x",), extra
         )
     template = "feed/tweets_embed.html" if embed else "feed/tweets.html"
-    return render_template(template, tweets=page, next_url=next_url).encode()
+    return render_template(template, tweets=page, next_url=next_url).encode(), None
 
 
 # --- routes ---------------------------------------------------------------

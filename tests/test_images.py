@@ -1337,10 +1337,10 @@ def test_json_feed_body_equals_whole_document_and_serialises_once():
         rewritten.append(post["id"])
         return dict(post, sizes={})
 
-    first = images.json_feed_body(
+    first, first_etag = images.json_feed_body(
         snapshot, posts, "https://x.test/images?after=a", True, rewrite, ("v",)
     )
-    second = images.json_feed_body(
+    second, second_etag = images.json_feed_body(
         snapshot, posts[::-1], None, False, rewrite, ("v",), {"query": "q"}
     )
 
@@ -1361,3 +1361,25 @@ def test_json_feed_body_equals_whole_document_and_serialises_once():
         query="q",
     )
     assert rewritten == ["1", "2"]
+    assert first_etag != second_etag
+
+
+def test_json_feed_body_etag_follows_body():
+    posts = [{"id": "1", "caption": "a"}, {"id": "2", "caption": "b"}]
+
+    def body_and_etag(page: list[dict], stale: bool, version: str = "v1") -> tuple:
+        snapshot = _snapshot_of(posts)
+        snapshot.version = version
+        return images.json_feed_body(snapshot, page, None, stale, dict, ("v",))
+
+    same = [body_and_etag(posts, False), body_and_etag(posts, False, "v2")]
+    others = [
+        body_and_etag(posts[:1], False),
+        body_and_etag(posts[::-1], False),
+        body_and_etag(posts, True),
+    ]
+
+    assert same[0] == same[1]
+    etags = {same[0][1]} | {etag for _, etag in others}
+    assert len(etags) == 4
+    assert len(same[0][1]) == 32
