@@ -29,6 +29,7 @@ import tweets
 from auth import SESSION_LIFETIME
 from extensions import csrf
 from logs import configure_logging
+from messages import shown_value
 from services import Services
 from timeutil import utc_now
 from token_store import TokenStore, TokenStoreError
@@ -187,7 +188,7 @@ def _public_http_error(error: HTTPException) -> Response | HTTPException:
     if not _is_public_path(path):
         return error
 
-    shown_path = images.shown_value(path, 100)
+    shown_path = shown_value(path, 100)
     allowed: list[str] = []
     if isinstance(error, MethodNotAllowed):
         allowed = sorted(error.valid_methods or [])

@@ -34,6 +34,7 @@ import media
 import search
 from feed import FeedCache, FeedError, Fetch, Fetched, Snapshot
 from instagram import InstagramError, RateLimitedError, TokenInvalidError
+from messages import invalid_parameter_message
 from posts import normalize_posts
 from services import instagram_client, now, services, token_store
 from timeutil import to_iso
@@ -61,10 +62,7 @@ PUBLIC_ERRORS = {
 }
 
 
-# Characters of a rejected value that an error message quotes.
-SHOWN_VALUE_LENGTH = 20
 CURSOR_VALUES = "the cursor from a previous response's paging.next"
-MEDIA_TYPE_VALUES = "a comma-separated list of image, video and carousel_album"
 # The embed pages' error page: the message alone in the embed page's frame.
 EMBED_ERROR_TEMPLATE = (
     '{% extends "feed/embed.html" %}{% block list %}<p>{{ message }}</p>{% endblock %}'
@@ -80,51 +78,11 @@ class ParameterError(Exception):
         self.message = message
 
 
-def shown_value(text: str | None, length: int = SHOWN_VALUE_LENGTH) -> str:
-    """Quote `text` for an error message, cut to `length` characters.
-
-    A cut value is marked with "..." and its full length, as in
-    `'aaaaaaaaaaaaaaaaaaaa'... (250 characters)`.
-    """
-    if text is None:
-        return "no value"
-    if len(text) <= length:
-        return repr(text)
-    return f"{text[:length]!r}... ({len(text)} characters)"
-
-
 def invalid_parameter(
     name: str, value: str | None, valid: str, problem: str = "is invalid"
 ) -> ParameterError:
-    """Build the error for one parameter: its problem, its value and what to send.
-
-    Every parameter error reads "Parameter NAME PROBLEM: got VALUE. Use VALID."
-    """
-    return ParameterError(
-        name, f"Parameter {name} {problem}: got {shown_value(value)}. Use {valid}."
-    )
-
-
-def search_parameter_error(
-    err: search.QueryError, query: str | None, types: str | None
-) -> ParameterError:
-    """Reword a `q` or `type` error of the search module as `invalid_parameter` does.
-
-    `query` and `types` are the raw `q` and `type` values. An error this function
-    does not recognise keeps the search module's message.
-    """
-    if err.parameter == "q" and query is not None:
-        if len(query) > search.MAX_QUERY_LENGTH:
-            valid = f"at most {search.MAX_QUERY_LENGTH} characters of search terms"
-            return invalid_parameter("q", query, valid, "is too long")
-    if err.parameter == "type" and types is not None:
-        for item in types.split(","):
-            name = item.strip()
-            if name and name.upper() not in search.MEDIA_TYPES:
-                return invalid_parameter(
-                    "type", name, MEDIA_TYPE_VALUES, "contains an invalid value"
-                )
-    return ParameterError(err.parameter, err.message)
+    """Build the error for one parameter: its problem, its value and what to send."""
+    return ParameterError(name, invalid_parameter_message(name, value, valid, problem))
 
 
 # --- the Instagram feed ---------------------------------------------------
@@ -373,7 +331,7 @@ def parse_feed_parameters(page_format: str | None) -> FeedParameters:
         query = search.parse_query(first.get("q"))
         types = search.parse_types(first.get("type"))
     except search.QueryError as err:
-        raise search_parameter_error(err, first.get("q"), first.get("type")) from None
+        raise ParameterError(err.parameter, err.message) from None
     page_format = page_format or parse_format(first.get("format"))
     return FeedParameters(limit, cursor, query, types, page_format)
 
@@ -462,12 +420,12 @@ def json_feed_body(
     items = []
     digests = []
     for post in page:
-        kept = serialized.get(post["id"])
-        if kept is None:
+        cached = serialized.get(post["id"])
+        if cached is None:
             text = _json(rewrite(post)).encode()
-            kept = serialized[post["id"]] = (text, hashlib.sha256(text).digest())
-        items.append(kept[0])
-        digests.append(kept[1])
+            cached = serialized[post["id"]] = (text, hashlib.sha256(text).digest())
+        items.append(cached[0])
+        digests.append(cached[1])
     rest = {
         "paging": {"next": next_url},
         "account": {"username": snapshot.account.get("username")},
@@ -501,14 +459,14 @@ def next_page_url(cursor: str) -> str:
     if not raw.isascii():
         # Clients that send raw UTF-8 get it percent-encoded, as browsers send it.
         raw = quote(raw, safe="=&+%/:;,@!$'()*").encode("ascii")
-    kept = [
+    parts = [
         part
         for part in raw.decode("ascii").split("&")
         if part and unquote_plus(part.partition("=")[0]) != "after"
     ]
-    kept.append(f"after={cursor}")
+    parts.append(f"after={cursor}")
     root = quote(req.script_root + req.url_rule.rule)
-    return f"{req.scheme}://{req.host}{root}?{'&'.join(kept)}"
+    return f"{req.scheme}://{req.host}{root}?{'&'.join(parts)}"
 
 
 def cacheable_response(

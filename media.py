@@ -24,6 +24,7 @@ import requests
 from flask import Blueprint, Response, abort, current_app, g, send_file, url_for
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from messages import shown_value
 from token_store import file_lock
 
 logger = logging.getLogger(__name__)
@@ -217,8 +218,6 @@ def _serve(post_id: str, child_id: str | None, width_text: str) -> Response:
 
 
 def _not_found(name: str, value: str, valid: str) -> str:
-    from images import shown_value
-
     return (
         f"No image has the {name} {shown_value(value)}. Use {valid}, as in the "
         "URLs of a feed response's sizes."

@@ -32,6 +32,8 @@ from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+from messages import invalid_parameter_message
+
 MAX_QUERY_LENGTH = 200
 MEDIA_TYPES = frozenset({"IMAGE", "VIDEO", "CAROUSEL_ALBUM"})
 
@@ -223,10 +225,9 @@ def parse_query(text: str | None) -> Query | None:
     if text is None:
         return None
     if len(text) > MAX_QUERY_LENGTH:
+        valid = f"at most {MAX_QUERY_LENGTH} characters of search terms"
         raise QueryError(
-            "q",
-            f"Parameter q ({text[:20]!r}..., {len(text)} characters) is too long. "
-            f"Send at most {MAX_QUERY_LENGTH} characters of search terms.",
+            "q", invalid_parameter_message("q", text, valid, "is too long")
         )
     buckets: dict[tuple[bool, bool], dict[str, None]] = {
         (excluded, is_tag): {} for excluded in (False, True) for is_tag in (False, True)
@@ -260,10 +261,12 @@ def parse_types(text: str | None) -> frozenset[str] | None:
         if not name:
             continue
         if name not in MEDIA_TYPES:
+            valid = "a comma-separated list of image, video and carousel_album"
             raise QueryError(
                 "type",
-                f"Parameter type contains the invalid value {item.strip()[:40]!r}. "
-                "Use a comma-separated list of image, video and carousel_album.",
+                invalid_parameter_message(
+                    "type", item.strip(), valid, "contains an invalid value"
+                ),
             )
         types.add(name)
     return frozenset(types) or None

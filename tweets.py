@@ -35,7 +35,6 @@ from images import (
     parse_format,
     parse_limit,
     rendered_cache,
-    search_parameter_error,
     unavailable_response,
 )
 from services import now, services, token_store, x_client
@@ -268,12 +267,11 @@ def _parse_search_query(text: str | None) -> str:
     return query
 
 
-def _parse_local_query() -> search.Query | None:
-    text = request.args.get("q")
+def _parse_local_query(text: str | None) -> search.Query | None:
     try:
         return search.parse_query(text)
     except search.QueryError as err:
-        raise search_parameter_error(err, text, None) from None
+        raise ParameterError(err.parameter, err.message) from None
 
 
 def _parse_view(text: str | None) -> str:
@@ -315,7 +313,7 @@ def parse_tweets_request(view: str, embed: bool) -> TweetsRequest:
         return TweetsRequest(
             view, feed_key, query, None, None, cursor, limit, page_format
         )
-    local_query = _parse_local_query()
+    local_query = _parse_local_query(first.get("q"))
     exclude = _parse_exclude(first.get("exclude")) if view == "timeline" else None
     feed_key = view if not exclude else f"{view}-{exclude.replace(',', '-')}"
     return TweetsRequest(

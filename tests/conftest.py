@@ -75,6 +75,16 @@ CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
 TEST_PASSWORD = "correct horse battery staple"
 
 
+class MonotonicClock:
+    """Stands in for time.monotonic, moved by the test."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 @pytest.fixture
 def make_app(tmp_path: Path):
     """Return a factory of apps on `tmp_path`, with settings overridden by keywords."""

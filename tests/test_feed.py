@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MonotonicClock
 
 import feed
 from feed import FeedCache, FeedError, Fetched
@@ -239,16 +240,6 @@ def test_snapshot_unreadable_file_ignored(cache, feed_path):
 
     assert fetch.calls == 1
     assert snapshot.posts == make_posts("a")
-
-
-class MonotonicClock:
-    """Stands in for time.monotonic in feed, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 def test_get_serves_memory_until_recheck_time(cache, clock, feed_path, monkeypatch):
@@ -679,7 +670,7 @@ def test_unwritable_logs_error(cache, monkeypatch, caplog):
     assert "Read-only file system" in caplog.text
 
 
-def test_snapshot_memo_builds_once_and_keeps_at_most_max_keys(cache):
+def test_snapshot_memo_bounded(cache):
     seed(cache, make_posts("a"))
     snapshot = cache.snapshot()
     builds: list[int] = []

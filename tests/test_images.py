@@ -1325,7 +1325,7 @@ def _snapshot_of(posts: list[dict]) -> Snapshot:
     )
 
 
-def test_json_feed_body_equals_whole_document_and_serialises_once():
+def test_json_body_matches_document():
     posts = [
         {"id": "1", "caption": 'Café «quoted» "and" \\ 東京 🌅', "children": []},
         {"id": "2", "caption": None, "children": [{"id": "3"}]},

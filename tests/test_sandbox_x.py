@@ -830,7 +830,7 @@ def test_port_change_drops_saved_x_feeds(make_app):
     assert (folder / "sandbox-url").read_text(encoding="utf-8").strip() == url
 
 
-def test_public_request_on_new_port_drops_saved_x_feeds(make_app):
+def test_new_port_request_drops_x_feeds(make_app):
     sandbox_app = make_app()
     folder = Path(sandbox_app.instance_path)
     folder.mkdir(parents=True, exist_ok=True)

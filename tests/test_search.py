@@ -329,7 +329,7 @@ def test_index_selects_what_matches_accepts(
     wanted = frozenset(types) if types else None
 
     selected = list(positions(index.select(query, wanted)))
-    # Asked twice, so the second answer comes from the kept term masks.
+    # Selected twice, so the second result comes from the cached term masks.
     again = list(positions(index.select(query, wanted)))
 
     expected = [

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from conftest import MonotonicClock
 
 import token_store
 from token_store import (
@@ -406,16 +407,6 @@ def test_get_sees_file_removed(store: TokenStore, tokens_path: Path) -> None:
     tokens_path.unlink()
 
     assert store.get("instagram") is None
-
-
-class MonotonicClock:
-    """Stands in for time.monotonic in token_store, moved by the test."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture
