@@ -14,11 +14,12 @@ import json
 import logging
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from functools import lru_cache
+from itertools import islice
 from pathlib import Path
-from typing import Any
-from urllib.parse import quote, unquote_plus
+from typing import Any, NamedTuple
+from urllib.parse import parse_qsl, quote, unquote_plus
 
 from flask import (
     Blueprint,
@@ -225,30 +226,44 @@ def select_page(
     types: frozenset[str] | None,
     cursor: tuple[str, str] | None,
     limit: int,
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
-    """Filter all kept posts, then return the page after `cursor` and its last post.
+) -> tuple[list[int], dict[str, Any] | None]:
+    """Filter all kept posts and return the positions of the page after `cursor`.
 
-    Posts are ordered newest first by (timestamp, id), so a cursor names a place
-    in that order and stays valid when the feed is refetched.
+    Also returns the page's last post when more posts follow it, else None.
+    Posts are ordered newest first by (timestamp, id), so a cursor names a
+    place in that order and stays valid when the feed is refetched.
     """
     posts = snapshot.posts or []
-    page: list[dict[str, Any]] = []
-    for position in search.positions(snapshot.search_index().select(query, types)):
-        post = posts[position]
-        if cursor is not None and (post["timestamp"] or "", post["id"]) >= cursor:
-            continue
-        if len(page) == limit:
-            return page, page[-1]
-        page.append(post)
-    return page, None
+    selected = search.positions(snapshot.search_index().select(query, types))
+    if cursor is not None:
+        selected = (
+            position
+            for position in selected
+            if (posts[position]["timestamp"] or "", posts[position]["id"]) < cursor
+        )
+    return page_of(posts, selected, limit)
+
+
+def page_of(
+    posts: list[dict[str, Any]], selected: Iterator[int], limit: int
+) -> tuple[list[int], dict[str, Any] | None]:
+    """Take up to `limit` positions, and the last post when more positions follow."""
+    page = list(islice(selected, limit + 1))
+    if len(page) <= limit:
+        return page, None
+    del page[limit:]
+    return page, posts[page[-1]]
 
 
 # --- responses ------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class Rendered:
-    """A rendered feed body, with the feed version and staleness it shows."""
+class Rendered(NamedTuple):
+    """A rendered feed body, with the feed version and staleness it shows.
+
+    A named tuple, which is quicker to make than a frozen dataclass: one is
+    made for every request that misses the rendered cache.
+    """
 
     version: str
     stale: bool
@@ -311,8 +326,7 @@ def rendered_cache() -> RenderedCache:
     return extensions["ownfeed_rendered"]
 
 
-@dataclass(frozen=True, slots=True)
-class FeedParameters:
+class FeedParameters(NamedTuple):
     limit: int
     cursor: tuple[str, str] | None
     query: search.Query | None
@@ -320,11 +334,29 @@ class FeedParameters:
     page_format: str
 
 
+def first_parameters() -> dict[str, str]:
+    """Return the first value of each query parameter, decoded as `request.args` is.
+
+    A plain dict: Werkzeug's MultiDict costs more to build than the parsing,
+    and a missing key in it raises and catches an exception on every get.
+    """
+    text = request.query_string.decode()
+    if "%" in text:
+        pairs = parse_qsl(text, keep_blank_values=True, errors="werkzeug.url_quote")
+    else:
+        # Nothing is percent-encoded: split as parse_qsl does, without its
+        # calls for each pair. A "+" still stands for a space.
+        text = text.replace("+", " ")
+        pairs = [part.partition("=")[::2] for part in text.split("&") if part]
+    first: dict[str, str] = {}
+    for name, value in pairs:
+        first.setdefault(name, value)
+    return first
+
+
 def parse_feed_parameters(page_format: str | None) -> FeedParameters:
     """Parse `/images` parameters; raises ParameterError naming the first bad one."""
-    # The first value of each parameter, in a plain dict: a missing key in
-    # Werkzeug's MultiDict raises and catches an exception on every get.
-    first = dict(request.args.items())
+    first = first_parameters()
     limit = parse_limit(first.get("limit"))
     cursor = decode_cursor(first.get("after"))
     try:
@@ -346,14 +378,8 @@ def feed_response(view: str, page_format: str | None = None) -> Response:
     """
     req = request._get_current_object()
     accept = None if page_format else req.environ.get("HTTP_ACCEPT")
-    request_key = (
-        view,
-        page_format,
-        req.query_string,
-        accept,
-        req.scheme,
-        req.host,
-    )
+    host = req.host
+    request_key = (view, page_format, req.query_string, accept, req.scheme, host)
     cache = rendered_cache()
     entry = cache.get(request_key)
     if entry is not None:
@@ -387,11 +413,11 @@ def feed_response(view: str, page_format: str | None = None) -> Response:
     rewrite = media.proxied_post if proxy else media.unproxied_post
     if parameters.page_format == "json":
         # The rewritten URLs depend on the address the request came to.
-        variant = (proxy, req.scheme, req.host, req.script_root)
+        variant = (proxy, req.scheme, host, req.script_root)
         body, etag = json_feed_body(snapshot, page, next_url, stale, rewrite, variant)
     else:
         template = "feed/embed.html" if view == "embed" else "feed/grid.html"
-        posts = [rewrite(post) for post in page]
+        posts = [rewrite(snapshot.posts[position]) for position in page]
         body = render_template(template, posts=posts, next_url=next_url).encode()
         etag = None
     entry = Rendered.of(snapshot, stale, parameters.page_format, body, parameters, etag)
@@ -401,42 +427,83 @@ def feed_response(view: str, page_format: str | None = None) -> Response:
 
 def json_feed_body(
     snapshot: Snapshot,
-    page: list[dict[str, Any]],
+    page: list[int],
     next_url: str | None,
     stale: bool,
     rewrite: Callable[[dict[str, Any]], dict[str, Any]],
     variant: tuple,
     extra: dict[str, Any] | None = None,
 ) -> tuple[bytes, str]:
-    """Return a feed page as JSON (data, paging, account, fetched_at, stale, `extra`)
-    and its ETag.
+    """Return the posts at the positions in `page` as a JSON feed page, and its ETag.
 
-    Each post is rewritten, serialised and hashed once per feed version and
+    The page has data, paging, account, fetched_at, `extra` and stale. Each
+    post is rewritten, serialised and hashed once per feed version and
     `variant` (what the rewriting depends on), so a page of a new search costs
-    joining bytes. The ETag hashes the posts' digests and the rest of the body,
-    so it changes whenever the body does, without hashing the whole body.
+    joining bytes. So are the account, fetched_at and `extra` fields, whose
+    values must depend on the snapshot alone. The ETag hashes the posts'
+    digests and the rest of the body, so it changes whenever the body does,
+    without hashing the whole body.
     """
-    serialized = snapshot.memo(("json", variant), dict)
-    items = []
-    digests = []
-    for post in page:
-        cached = serialized.get(post["id"])
-        if cached is None:
-            text = _json(rewrite(post)).encode()
-            cached = serialized[post["id"]] = (text, hashlib.sha256(text).digest())
-        items.append(cached[0])
-        digests.append(cached[1])
-    rest = {
-        "paging": {"next": next_url},
-        "account": {"username": snapshot.account.get("username")},
-        "fetched_at": to_iso(snapshot.fetched_at),
-        "stale": stale,
-        **(extra or {}),
-    }
-    tail = _json(rest).encode()
-    body = b"".join((b'{"data":[', b",".join(items), b"],", tail[1:]))
+    serialized = snapshot.memo(
+        ("json", variant), lambda: SerializedPosts(snapshot.posts or [], rewrite)
+    )
+    texts, digests = serialized.of(page)
+    fields = snapshot.memo(
+        ("json-fields", *sorted(extra or ())),
+        lambda: _json(
+            {
+                "account": {"username": snapshot.account.get("username")},
+                "fetched_at": to_iso(snapshot.fetched_at),
+                **(extra or {}),
+            }
+        )[1:-1].encode(),
+    )
+    tail = b"".join(
+        (
+            b'"paging":{"next":',
+            _json(next_url).encode(),
+            b"},",
+            fields,
+            b',"stale":true}' if stale else b',"stale":false}',
+        )
+    )
+    body = b"".join((b'{"data":[', b",".join(texts), b"],", tail))
     etag = hashlib.sha256(b"".join(digests) + tail).hexdigest()[:32]
     return body, etag
+
+
+class SerializedPosts:
+    """The JSON of each post of a feed version, and its digest, by position.
+
+    A post is serialised when a page first shows it. Lists by position, rather
+    than a dict by id, keep a page's lookups to two list reads per post.
+    """
+
+    def __init__(
+        self,
+        posts: list[dict[str, Any]],
+        rewrite: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> None:
+        self.posts = posts
+        self.rewrite = rewrite
+        self.texts: list[bytes | None] = [None] * len(posts)
+        self.digests: list[bytes | None] = [None] * len(posts)
+
+    def of(self, page: list[int]) -> tuple[list[bytes], list[bytes]]:
+        """Return the JSON and the digests of the posts at the positions in `page`."""
+        texts = self.texts
+        if None in [texts[position] for position in page]:
+            for position in page:
+                if texts[position] is None:
+                    text = _json(self.rewrite(self.posts[position])).encode()
+                    # Threads that serialise the same post store equal values.
+                    self.digests[position] = hashlib.sha256(text).digest()
+                    texts[position] = text
+        digests = self.digests
+        return (
+            [texts[position] for position in page],
+            [digests[position] for position in page],
+        )
 
 
 # One encoder for every body: json.dumps builds a new one per call when given
@@ -459,14 +526,22 @@ def next_page_url(cursor: str) -> str:
     if not raw.isascii():
         # Clients that send raw UTF-8 get it percent-encoded, as browsers send it.
         raw = quote(raw, safe="=&+%/:;,@!$'()*").encode("ascii")
-    parts = [
-        part
-        for part in raw.decode("ascii").split("&")
-        if part and unquote_plus(part.partition("=")[0]) != "after"
-    ]
+    text = raw.decode("ascii")
+    parts = [part for part in text.split("&") if part]
+    if "after" in text or "%" in text:
+        # Only a part whose name contains "after", maybe percent-encoded, is the cursor.
+        parts = [
+            part for part in parts if unquote_plus(part.partition("=")[0]) != "after"
+        ]
     parts.append(f"after={cursor}")
-    root = quote(req.script_root + req.url_rule.rule)
+    root = _quoted_path(req.script_root + req.url_rule.rule)
     return f"{req.scheme}://{req.host}{root}?{'&'.join(parts)}"
+
+
+@lru_cache(maxsize=64)
+def _quoted_path(path: str) -> str:
+    """Percent-encode a route's path once: an app has few routes and mount points."""
+    return quote(path)
 
 
 def cacheable_response(

@@ -31,6 +31,7 @@ import unicodedata
 from bisect import bisect_left
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from messages import invalid_parameter_message
 
@@ -138,6 +139,7 @@ def normalize(text: str) -> str:
     return unicodedata.normalize("NFC", text.casefold())
 
 
+@lru_cache(maxsize=4096)
 def _is_prefix_term(term: str) -> bool:
     """Return whether a normalised plain term matches by word prefix, not substring."""
     return _WORD_RE.fullmatch(term) is not None and not _NO_SPACE_SCRIPT_RE.search(term)
@@ -162,14 +164,24 @@ class Query:
     _exclude_substrings: tuple[str, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        sides = (("include", self.include_words), ("exclude", self.exclude_words))
-        for side, words in sides:
-            prefixes: list[str] = []
-            substrings: list[str] = []
-            for word in words:
-                (prefixes if _is_prefix_term(word) else substrings).append(word)
-            object.__setattr__(self, f"_{side}_prefixes", tuple(prefixes))
-            object.__setattr__(self, f"_{side}_substrings", tuple(substrings))
+        include = _split_by_matching(self.include_words)
+        exclude = _split_by_matching(self.exclude_words)
+        object.__setattr__(self, "_include_prefixes", include[0])
+        object.__setattr__(self, "_include_substrings", include[1])
+        object.__setattr__(self, "_exclude_prefixes", exclude[0])
+        object.__setattr__(self, "_exclude_substrings", exclude[1])
+
+
+def _split_by_matching(
+    words: tuple[str, ...],
+) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """Split plain terms into those matched by word prefix and those by substring."""
+    if not words:
+        return (), ()
+    prefixes = tuple(word for word in words if _is_prefix_term(word))
+    if len(prefixes) == len(words):
+        return prefixes, ()
+    return prefixes, tuple(word for word in words if not _is_prefix_term(word))
 
 
 @dataclass(frozen=True)
@@ -199,6 +211,10 @@ def _strip_punctuation(term: str, keep_leading: str = "") -> str:
     return term[start:end]
 
 
+# Visitors' queries tend to reuse a small vocabulary, and folding a term costs more than
+# the rest of parsing a query, so the parsed terms are kept. Terms are at most
+# MAX_QUERY_LENGTH characters, which bounds the memory.
+@lru_cache(maxsize=4096)
 def _parse_term(raw: str) -> tuple[bool, bool, str] | None:
     """Parse one query term into (excluded, is_tag, value), or None when empty."""
     term = normalize(raw)
@@ -229,22 +245,18 @@ def parse_query(text: str | None) -> Query | None:
         raise QueryError(
             "q", invalid_parameter_message("q", text, valid, "is too long")
         )
-    buckets: dict[tuple[bool, bool], dict[str, None]] = {
-        (excluded, is_tag): {} for excluded in (False, True) for is_tag in (False, True)
-    }
+    # Included words, included tags, excluded words and excluded tags. Dicts
+    # keep the first of repeated terms, in order.
+    buckets: tuple[dict[str, None], ...] = ({}, {}, {}, {})
     for raw in text.split():
         parsed = _parse_term(raw)
         if parsed is not None:
             excluded, is_tag, value = parsed
-            buckets[excluded, is_tag][value] = None
-    if not any(buckets.values()):
+            buckets[2 * excluded + is_tag][value] = None
+    if not any(buckets):
         return None
-    return Query(
-        include_words=tuple(buckets[False, False]),
-        include_tags=tuple(buckets[False, True]),
-        exclude_words=tuple(buckets[True, False]),
-        exclude_tags=tuple(buckets[True, True]),
-    )
+    include_words, include_tags, exclude_words, exclude_tags = map(tuple, buckets)
+    return Query(include_words, include_tags, exclude_words, exclude_tags)
 
 
 def parse_types(text: str | None) -> frozenset[str] | None:
@@ -397,6 +409,10 @@ class SearchIndex:
 
 def positions(mask: int) -> Iterator[int]:
     """Yield the positions of the set bits of `mask`, lowest first."""
+    if mask & (mask + 1) == 0:
+        # Every bit from the lowest up is set, as for an unfiltered feed.
+        yield from range(mask.bit_length())
+        return
     while mask:
         lowest = mask & -mask
         yield lowest.bit_length() - 1

@@ -29,9 +29,11 @@ from images import (
     embed_error_page,
     embed_policy,
     error_response,
+    first_parameters,
     invalid_parameter,
     json_feed_body,
     next_page_url,
+    page_of,
     parse_format,
     parse_limit,
     rendered_cache,
@@ -303,7 +305,7 @@ class TweetsRequest:
 
 def parse_tweets_request(view: str, embed: bool) -> TweetsRequest:
     """Parse the request's parameters; raises ParameterError naming a bad one."""
-    first = dict(request.args.items())
+    first = first_parameters()
     limit = parse_limit(first.get("limit"))
     cursor = decode_cursor(first.get("after"))
     page_format = "html" if embed else parse_format(first.get("format"))
@@ -414,20 +416,18 @@ def _select_page(
     query: search.Query | None,
     cursor: tuple[str, str] | None,
     limit: int,
-) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:
+) -> tuple[list[int], dict[str, Any] | None]:
     posts = snapshot.posts or []
-    cursor_key = (cursor[0], int(cursor[1])) if cursor is not None else None
-    page: list[dict[str, Any]] = []
-    for position in search.positions(snapshot.search_index().select(query, None)):
-        post = posts[position]
-        if cursor_key is not None and (
-            (post.get("created_at") or "", int(post["id"])) >= cursor_key
-        ):
-            continue
-        if len(page) == limit:
-            return page, page[-1]
-        page.append(post)
-    return page, None
+    selected = search.positions(snapshot.search_index().select(query, None))
+    if cursor is not None:
+        cursor_key = (cursor[0], int(cursor[1]))
+        selected = (
+            position
+            for position in selected
+            if (posts[position].get("created_at") or "", int(posts[position]["id"]))
+            < cursor_key
+        )
+    return page_of(posts, selected, limit)
 
 
 def _encode_cursor(post: dict[str, Any]) -> str:
@@ -444,7 +444,7 @@ def _render(
     embed: bool,
     page_format: str,
     snapshot: Snapshot,
-    page: list[dict[str, Any]],
+    page: list[int],
     next_url: str | None,
     stale: bool,
 ) -> tuple[bytes, str | None]:
@@ -455,7 +455,8 @@ def _render(
             snapshot, page, next_url, stale, _unchanged, ("x",), extra
         )
     template = "feed/tweets_embed.html" if embed else "feed/tweets.html"
-    return render_template(template, tweets=page, next_url=next_url).encode(), None
+    tweets = [snapshot.posts[position] for position in page]
+    return render_template(template, tweets=tweets, next_url=next_url).encode(), None
 
 
 # --- routes ---------------------------------------------------------------

@@ -346,3 +346,10 @@ def test_positions_lists_set_bits_lowest_first() -> None:
     assert list(positions(0)) == []
     assert list(positions(0b101001)) == [0, 3, 5]
     assert list(positions(1 << 4999)) == [4999]
+    assert list(positions(0b111000)) == [3, 4, 5]
+
+
+def test_positions_of_full_mask() -> None:
+    assert list(positions(1)) == [0]
+    assert list(positions(0b11111)) == [0, 1, 2, 3, 4]
+    assert list(positions((1 << 500) - 1)) == list(range(500))
