@@ -297,11 +297,19 @@ class Rendered(NamedTuple):
 
 
 class RenderedCache:
-    """Rendered bodies keyed by request, least recently used out."""
+    """Rendered bodies keyed by request, least recently used out.
+
+    A body is kept the second time its request misses, while the first miss
+    is among the last `size` misses of requests not kept. One-off requests,
+    such as a crawler's walk through searches or cursors, then neither evict
+    the kept pages nor pay for keeping their own.
+    """
 
     def __init__(self, size: int) -> None:
         self.size = size
         self.entries: OrderedDict[tuple, Rendered] = OrderedDict()
+        # Keys that missed once and were not kept, oldest first.
+        self.missed_once: dict[tuple, None] = {}
         self.lock = threading.Lock()
 
     def get(self, key: tuple) -> Rendered | None:
@@ -312,7 +320,15 @@ class RenderedCache:
             return entry
 
     def put(self, key: tuple, entry: Rendered) -> None:
+        """Keep `entry` for `key` if the key is kept already or missed before."""
         with self.lock:
+            if key not in self.entries:
+                if key not in self.missed_once:
+                    self.missed_once[key] = None
+                    if len(self.missed_once) > self.size:
+                        del self.missed_once[next(iter(self.missed_once))]
+                    return
+                del self.missed_once[key]
             self.entries[key] = entry
             self.entries.move_to_end(key)
             while len(self.entries) > self.size:

@@ -1405,3 +1405,67 @@ def test_json_feed_body_etag_follows_body():
     etags = {same[0][1]} | {etag for _, etag in others}
     assert len(etags) == 4
     assert len(same[0][1]) == 32
+
+
+# --- rendered cache -------------------------------------------------------
+
+
+def _rendered(body: bytes) -> images.Rendered:
+    return images.Rendered("v1", False, "json", body, "etag", None)
+
+
+def test_rendered_cache_keeps_second_miss():
+    cache = images.RenderedCache(4)
+
+    cache.put(("a",), _rendered(b"first"))
+    after_one = cache.get(("a",))
+    cache.put(("a",), _rendered(b"second"))
+    after_two = cache.get(("a",))
+
+    assert after_one is None
+    assert after_two is not None
+    assert after_two.body == b"second"
+
+
+def test_rendered_cache_replaces_kept_entry():
+    cache = images.RenderedCache(4)
+    cache.put(("a",), _rendered(b"one"))
+    cache.put(("a",), _rendered(b"two"))
+
+    cache.put(("a",), _rendered(b"three"))
+
+    assert cache.get(("a",)).body == b"three"
+
+
+def test_rendered_cache_bounds_single_misses():
+    cache = images.RenderedCache(4)
+    for number in range(10):
+        cache.put((number,), _rendered(b"once"))
+
+    cache.put((0,), _rendered(b"again"))
+
+    assert list(cache.missed_once) == [(7,), (8,), (9,), (0,)]
+    assert cache.get((0,)) is None
+    assert len(cache.entries) == 0
+
+
+def test_rendered_cache_survives_one_off_searches(client, connected, monkeypatch):
+    connected.posts = [raw_post(n) for n in range(30)]
+    client.get("/images")
+    client.get("/images")
+    renders: list[list[int]] = []
+    real_body = images.json_feed_body
+
+    def counting_body(snapshot, page, *args, **kwargs):
+        renders.append(page)
+        return real_body(snapshot, page, *args, **kwargs)
+
+    monkeypatch.setattr(images, "json_feed_body", counting_body)
+    for number in range(images.RENDERED_CACHE_SIZE + 10):
+        assert client.get(f"/images?q=number+{number}").status_code == 200
+    searched = len(renders)
+    again = client.get("/images")
+
+    assert searched == images.RENDERED_CACHE_SIZE + 10
+    assert again.status_code == 200
+    assert len(renders) == searched
