@@ -14,6 +14,7 @@ from flask import Flask, Response, render_template, request
 from flask_wtf.csrf import CSRFError
 from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
 
+import allocator
 import commands
 import hardening
 import health
@@ -55,6 +56,8 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     given, so tests see only what they set. Raises settings.ConfigError, naming
     the key, when the configuration cannot work.
     """
+    allocator.fix_mmap_threshold()
+
     # Environment: .env fills in what the real environment does not set.
     if test_config is None:
         load_dotenv(Path.cwd() / ".env")

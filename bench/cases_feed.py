@@ -265,8 +265,8 @@ def memory(bench: Bench, server: Process, media_paths: list[str]) -> dict[str, A
 def memory_mix(query_count: int, media_paths: list[str]) -> list[Request]:
     """Return the rotation of the memory case: of every 10 requests, 1 is a search.
 
-    Every search is new to the cache of rendered pages, so that cache keeps
-    evicting entries, and the other requests cover the remaining routes.
+    Every search is new to the cache of rendered pages, so each one is
+    rendered and then dropped, and the other requests cover the remaining routes.
     """
     fixed = [
         Request("/images"),

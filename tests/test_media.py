@@ -443,6 +443,18 @@ def test_media_keeps_one_download_for_all_widths(app, client, instagram):
     )
 
 
+def test_media_paths_kept_between_requests(app):
+    folder = Path(app.instance_path) / "media" / post_id(1)
+
+    first = media._image_paths(app.instance_path, post_id(1), None, 320)
+    again = media._image_paths(app.instance_path, post_id(1), None, 320)
+    child = media._image_paths(app.instance_path, post_id(1), "7", 640)
+
+    assert first == (folder / "post", folder / "post" / "320.jpg")
+    assert child == (folder / "7", folder / "7" / "640.jpg")
+    assert again[1] is first[1]
+
+
 def test_media_never_enlarges(client, instagram):
     instagram.serve(cdn_url("1.jpg"), jpeg((200, 100)))
     publish(client, instagram, [raw_post(1)])
