@@ -45,6 +45,11 @@ class Services:
     sandbox_url: str | None = None
     # When public requests last looked for due tokens, by the app's clock.
     token_checked_at: datetime | None = None
+    # Refreshed records that could not be written, by provider, with the
+    # refresh token that each replaces (see tokens.refresh_token).
+    unsaved_refreshes: dict[str, tuple[str, dict[str, Any]]] = field(
+        default_factory=dict
+    )
     clients_lock: threading.Lock = field(default_factory=threading.Lock)
 
 

@@ -8,6 +8,7 @@ refresh the same token, and a failure never replaces the working token.
 
 from __future__ import annotations
 
+import copy
 import logging
 import threading
 from dataclasses import dataclass
@@ -130,16 +131,59 @@ def refresh_token(provider: str, trigger: str, force: bool = False) -> RefreshRe
     wait BACKGROUND_INTERVAL (with backoff) between tries across all workers.
     """
     events: list[tuple[str, str]] = []
+    unsaved = services().unsaved_refreshes
+    replaced = None
+    record = None
     try:
         with token_store().transaction() as providers:
             record = providers.get(provider)
-            result = _refresh_locked(provider, record, trigger, force, events)
+            replaced = (record or {}).get("refresh_token")
+            pending = unsaved.get(provider)
+            if pending is not None and pending[0] == replaced:
+                providers[provider] = record = copy.deepcopy(pending[1])
+                result = RefreshResult(
+                    provider, "refreshed", "Saved the tokens of an earlier refresh."
+                )
+            else:
+                result = _refresh_locked(provider, record, trigger, force, events)
     except TokenStoreError as err:
-        logger.error("Cannot save the %s refresh: %s", provider, err)
-        result = RefreshResult(provider, "failed", str(err))
+        result = _unsaved_result(provider, record, replaced, err)
+    else:
+        if unsaved.pop(provider, None) is not None:
+            logger.info("Saved the %s tokens of an earlier refresh", provider)
     for event, reason in events:
         notify.send_event(event, provider, reason)
     return result
+
+
+def _unsaved_result(
+    provider: str,
+    record: dict[str, Any] | None,
+    replaced: str | None,
+    err: TokenStoreError,
+) -> RefreshResult:
+    """Report a refresh that could not be written, and hold rotated tokens.
+
+    A provider that rotates refresh tokens (X) has already invalidated the old
+    one, so the new record is kept in this process and written by the next
+    refresh_token call, which background refreshes make while it is held.
+    """
+    logger.error("Cannot save the %s refresh: %s", provider, err)
+    rotated = record is not None and record.get("refresh_token") not in (None, replaced)
+    if not rotated or replaced is None:
+        return RefreshResult(provider, "failed", str(err))
+    services().unsaved_refreshes[provider] = (replaced, copy.deepcopy(record))
+    logger.error(
+        "The new %s tokens are held in this process until they can be saved. "
+        "The stored refresh token no longer works",
+        provider,
+    )
+    message = (
+        f"{err} The new tokens are held in memory and saved at the next refresh "
+        "attempt. Free space or fix permissions, then refresh now; if the server "
+        "stops first, connect the account again."
+    )
+    return RefreshResult(provider, "failed", message)
 
 
 def _refresh_locked(
@@ -329,6 +373,9 @@ def refresh_in_background_if_due() -> None:
         return
     app_services.token_checked_at = moment
     for provider, record in token_store().peek_all().items():
+        if provider in app_services.unsaved_refreshes:
+            _start_background_refresh(provider)
+            continue
         if provider not in PROVIDERS or not is_due_for(provider, record, moment):
             continue
         last_try = parse_iso(record.get("refresh_attempted_at"))

@@ -1251,6 +1251,44 @@ def test_refresh_two_processes_rotation(make_x_app, tmp_path, clock):
             assert token not in stderr
 
 
+def test_refresh_unsaved_tokens_saved_later(make_x_app, clock, monkeypatch, caplog):
+    endpoint = RotatingTokenEndpoint(OAUTH2_REFRESH)
+    try:
+        app = make_x_app(
+            X_CLIENT_ID=CLIENT_ID,
+            X_CLIENT_SECRET=CLIENT_SECRET,
+            X_TOKEN_URL=f"{endpoint.url}/2/oauth2/token",
+        )
+        store_of(app).set("x", oauth2_record(clock.moment, timedelta(minutes=10)))
+
+        def fail(path: Any, data: Any, mode: int = 0o600) -> None:
+            raise TokenStoreWriteError(f"Cannot write {path}: No space left on device.")
+
+        monkeypatch.setattr(token_store_module, "write_json_atomic", fail)
+        with app.app_context(), caplog.at_level(logging.INFO):
+            unsaved = tokens.refresh_token("x", "command", force=True)
+            monkeypatch.undo()
+            with app.test_request_context("/tweets"):
+                tokens.refresh_in_background_if_due()
+            deadline = time.monotonic() + 10
+            while store_of(app).get("x")["refresh_token"] == OAUTH2_REFRESH:
+                assert time.monotonic() < deadline, "the held tokens were not saved"
+                time.sleep(0.05)
+    finally:
+        endpoint.close()
+
+    record = store_of(app).get("x")
+    assert unsaved.failed
+    assert "held in memory" in unsaved.message
+    assert endpoint.sent == [(OAUTH2_REFRESH, True)]
+    assert record["refresh_token"] == "race-refresh-1"
+    assert record["access_token"] == "race-access-1"
+    assert "Saved the x tokens of an earlier refresh" in caplog.text
+    for token in ("race-refresh-1", "race-access-1", OAUTH2_REFRESH):
+        assert token not in caplog.text
+        assert token not in unsaved.message
+
+
 # --- known problems outside the X modules ------------------------------------------
 # Each test below fails today for the reason given; strict=True turns the fix
 # into a failure that asks for the marker to be removed.
