@@ -90,6 +90,7 @@ def token_status() -> None:
 )
 def token_refresh(provider: str | None, force: bool) -> None:
     """Refresh the tokens that are due (cron-friendly); exit 1 on failure."""
+    stop_if_sandbox_down()
     failed = False
     for name in [provider] if provider else list(PROVIDERS):
         result = tokens.refresh_token(name, "command", force=force)
@@ -196,6 +197,7 @@ def feed_refresh(provider: str) -> None:
     if feed is None:
         raise click.ClickException(f"{provider} has no feed.")
     cache, fetch = feed
+    stop_if_sandbox_down()
     if provider == "instagram":
         from images import instagram_fetch
 
@@ -249,6 +251,17 @@ def _days_text(days: int | None) -> str:
     if days == 0:
         return "less than a day"
     return "1 day" if days == 1 else f"{days} days"
+
+
+def stop_if_sandbox_down() -> None:
+    """Exit with the sandbox message before a call that cannot reach the sandbox.
+
+    Checked first, so that a stopped server is not recorded as a failed fetch
+    or refresh (a wrong last error, a failure count, a webhook event).
+    """
+    down = sandbox_down_message()
+    if down is not None:
+        raise click.ClickException(down)
 
 
 def sandbox_down_message() -> str | None:

@@ -563,8 +563,11 @@ def stopped_sandbox_app(make_app, clock):
 )
 def test_sandbox_server_down_says_start_it(stopped_sandbox_app, args):
     url = stopped_sandbox_app.config["OWNFEED_SANDBOX_URL"]
+    folder = Path(stopped_sandbox_app.instance_path)
+    before = {path.name: path.read_bytes() for path in folder.glob("*.json")}
 
     result = stopped_sandbox_app.test_cli_runner().invoke(args=args)
+    after = {path.name: path.read_bytes() for path in folder.glob("*.json")}
 
     assert result.exit_code == 1
     assert f"No ownfeed server is running at {url}" in result.output
@@ -573,6 +576,7 @@ def test_sandbox_server_down_says_start_it(stopped_sandbox_app, args):
     assert "run this command again" in result.output
     assert "network access" not in result.output
     assert OLD_TOKEN not in result.output
+    assert after == before
 
 
 def test_real_connection_failure_keeps_message(real_app, runner, clock, graph):
