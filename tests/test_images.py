@@ -427,6 +427,10 @@ FILTER_POSTS = {
         ("q=sun&type=video", [2, 6]),
         ("q=cafe&type=image", [1]),
         ("q=", [1, 2, 3, 4, 5, 6]),
+        ("q=-", [1, 2, 3, 4, 5, 6]),
+        ("q=%23+-%23", [1, 2, 3, 4, 5, 6]),
+        ("q=%00", [1, 2, 3, 4, 5, 6]),
+        ("q=...+%E2%80%94", [1, 2, 3, 4, 5, 6]),
     ],
 )
 def test_images_filters(client, connected, query, expected):
