@@ -12,7 +12,12 @@ import click
 from dotenv import load_dotenv
 from flask import Flask, Response, render_template, request
 from flask_wtf.csrf import CSRFError
-from werkzeug.exceptions import HTTPException, MethodNotAllowed, NotFound
+from werkzeug.exceptions import (
+    HTTPException,
+    MethodNotAllowed,
+    NotFound,
+    RequestedRangeNotSatisfiable,
+)
 
 import allocator
 import commands
@@ -117,6 +122,7 @@ def create_app(test_config: dict[str, Any] | None = None) -> Flask:
     app.register_error_handler(TokenStoreError, _token_store_failed)
     app.register_error_handler(NotFound, _public_http_error)
     app.register_error_handler(MethodNotAllowed, _public_http_error)
+    app.register_error_handler(RequestedRangeNotSatisfiable, _range_not_satisfiable)
     _log_mode(app)
     if test_config is None:
         for note in settings.unknown_keys(os.environ):
@@ -179,6 +185,24 @@ def _is_public_path(path: str) -> bool:
     return any(
         path == prefix or path.startswith(prefix + "/") for prefix in PUBLIC_PREFIXES
     )
+
+
+def _range_not_satisfiable(
+    error: RequestedRangeNotSatisfiable,
+) -> Response | HTTPException:
+    """Return a 416 from /media as the API's JSON error, with its Content-Range."""
+    if not _is_public_path(request.path):
+        return error
+    sent = shown_value(request.headers.get("Range", ""), 100)
+    size = "" if error.length is None else f", which is {error.length} bytes"
+    message = (
+        f"The range {sent} is outside the file{size}. Request a range within "
+        "it, or the whole file without a Range header."
+    )
+    response = images.error_response(416, "range_not_satisfiable", message)
+    if error.length is not None:
+        response.headers["Content-Range"] = f"{error.units} */{error.length}"
+    return response
 
 
 def _public_http_error(error: HTTPException) -> Response | HTTPException:

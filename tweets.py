@@ -354,13 +354,14 @@ def tweets_response(view: str, embed: bool = False) -> Response:
     if view == "search":
         wait = _search_budget_wait(parsed.feed_key)
         if wait:
-            response = error_response(
-                429,
-                "too_many_searches",
+            message = (
                 "Too many new search queries this hour, and each costs an X API "
-                f"call. Try again in {wait} seconds, or use a recent query.",
-                "q",
+                f"call. Try again in {wait} seconds, or use a recent query."
             )
+            if embed:
+                response = embed_error_page(429, message)
+            else:
+                response = error_response(429, "too_many_searches", message, "q")
             response.headers["Retry-After"] = str(wait)
             return response
 

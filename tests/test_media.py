@@ -1407,3 +1407,22 @@ def test_media_proxy_on_ignores_link_expiry(make_media_app, clock, instagram):
     visit(app)
 
     assert len(instagram.feed_calls()) == 1
+
+
+def test_media_ranges_and_json_416(client, instagram):
+    instagram.serve(cdn_url("1.jpg"), jpeg())
+    publish(client, instagram, [raw_post(1)])
+    size = len(client.get(media_path(1, 320)).data)
+
+    part = client.get(media_path(1, 320), headers={"Range": "bytes=0-9"})
+    response = client.get(media_path(1, 320), headers={"Range": "bytes=99999999-"})
+    error = response.get_json()["error"]
+
+    assert part.status_code == 206
+    assert len(part.data) == 10
+
+    assert response.status_code == 416
+    assert response.headers["Content-Range"] == f"bytes */{size}"
+    assert error["code"] == "range_not_satisfiable"
+    assert "bytes=99999999-" in error["message"]
+    assert f"{size} bytes" in error["message"]

@@ -1350,3 +1350,21 @@ def test_search_new_queries_limited(make_x_app, fake_x, clock):
     assert client.get("/tweets/search?format=json&q=one").status_code == 200
     clock.advance(3601)
     assert client.get("/tweets/search?format=json&q=three").status_code == 200
+
+
+def test_search_limit_on_embed_is_html(make_x_app, fake_x):
+    app = make_x_app(
+        X_BEARER_TOKEN=BEARER, X_USERNAME="owner_handle", X_SEARCH_NEW_PER_HOUR=1
+    )
+    client = app.test_client()
+    client.get("/tweets/embed?view=search&q=one")
+
+    limited = client.get("/tweets/embed?view=search&q=%3Cb%3Etwo")
+    page = limited.get_data(as_text=True)
+
+    assert limited.status_code == 429
+    assert limited.mimetype == "text/html"
+    assert "Too many new search queries this hour" in page
+    assert "<b>" not in page
+    assert int(limited.headers["Retry-After"]) > 0
+    assert "frame-ancestors" in limited.headers["Content-Security-Policy"]
