@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from pathlib import Path
@@ -172,13 +171,10 @@ def _token_store_failed(error: TokenStoreError) -> Response | tuple[str, int]:
     if request.blueprint == "admin":
         page = render_template("message.html", title="Token file", message=str(error))
         return page, 503
-    body = {
-        "error": {
-            "code": "upstream_unavailable",
-            "message": "The service's token file could not be read; its owner is told.",
-        }
-    }
-    return Response(json.dumps(body), status=503, mimetype="application/json")
+    message = "The service cannot read its settings right now. Try again later."
+    if request.path in EMBED_PAGES:
+        return images.embed_error_page(503, message)
+    return images.error_response(503, "upstream_unavailable", message)
 
 
 def _is_public_path(path: str) -> bool:

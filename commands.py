@@ -6,6 +6,7 @@ import json
 import socket
 import sys
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import click
@@ -22,8 +23,23 @@ from providers import PROVIDERS
 from services import instagram_endpoints, now, token_store
 from token_store import SCHEMA_VERSION, TokenStoreError
 
-token_cli = AppGroup("token", help="Inspect, refresh and import provider tokens.")
-feed_cli = AppGroup("feed", help="Fetch the cached feeds.")
+
+class CommandGroup(AppGroup):
+    """A command group that reports an unreadable token file as a one-line error.
+
+    The token store's errors name the file and the fix, so they are shown as
+    the command's error (exit 1) rather than as a traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except TokenStoreError as err:
+            raise click.ClickException(str(err)) from None
+
+
+token_cli = CommandGroup("token", help="Inspect, refresh and import provider tokens.")
+feed_cli = CommandGroup("feed", help="Fetch the cached feeds.")
 
 PROVIDER_OPTION = click.Choice(sorted(PROVIDERS))
 # Only providers whose `import_token` can succeed: X rejects every import,

@@ -18,6 +18,7 @@ from flask import Blueprint, Response, jsonify
 from providers import PROVIDERS
 from services import now, token_store
 from timeutil import parse_iso, to_iso
+from token_store import TokenStoreError
 
 bp = Blueprint("health", __name__)
 
@@ -45,7 +46,11 @@ def provider_health(
     """Describe one provider's connection and feed (no secret), and its problems."""
     moment = moment or now()
     provider = PROVIDERS[name]
-    record = token_store().get(name)
+    unreadable = None
+    try:
+        record = token_store().get(name)
+    except TokenStoreError as err:
+        record, unreadable = None, str(err)
     feed_at = _feed_fetched_at(name)
     report: dict[str, Any] = {
         "configured": provider.is_configured() or provider.works_without_connection(),
@@ -69,19 +74,27 @@ def provider_health(
             last_refresh=record.get("refreshed_at"),
             last_error_code=(record.get("last_error") or {}).get("code"),
         )
-    found = problems(name, report, record)
+    found = problems(name, report, record, unreadable)
     report["problems"] = [problem.code for problem in found]
     return report, found
 
 
 def problems(
-    name: str, report: dict[str, Any], record: dict[str, Any] | None
+    name: str,
+    report: dict[str, Any],
+    record: dict[str, Any] | None,
+    unreadable: str | None = None,
 ) -> list[Problem]:
-    """List what needs the owner for one provider, most urgent first."""
+    """List what needs the owner for one provider, most urgent first.
+
+    `unreadable` is the token store's error when the token file cannot be read.
+    """
     provider = PROVIDERS[name]
     title = provider.title
     if not report["configured"]:
         return []
+    if unreadable is not None:
+        return [Problem("token_file_unreadable", unreadable, "generate")]
     found = []
     aside = moved_aside_token_file()
     if record is None and aside is not None:
@@ -178,7 +191,10 @@ def _feed_fetched_at(name: str) -> datetime | None:
 def _fetch_due_feeds() -> None:
     from images import instagram_feed, instagram_fetch
 
-    record = token_store().get("instagram")
+    try:
+        record = token_store().get("instagram")
+    except TokenStoreError:
+        return
     if record is not None and record.get("status") == "active":
         instagram_feed().refresh_in_background_if_due(instagram_fetch())
 

@@ -39,6 +39,7 @@ from messages import invalid_parameter_message
 from posts import normalize_posts
 from services import instagram_client, now, services, token_store
 from timeutil import to_iso
+from token_store import TokenStoreError
 from tokens import record_token_rejected
 
 logger = logging.getLogger(__name__)
@@ -155,7 +156,17 @@ def current_feed() -> tuple[Snapshot, bool]:
     Raises FeedError when there is nothing saved to serve.
     """
     cache = instagram_feed()
-    record = token_store().peek("instagram")
+    try:
+        record = token_store().peek("instagram")
+    except TokenStoreError:
+        # The admin pages and /healthz report the file and the fix.
+        # Visitors still get the saved posts.
+        snapshot = cache.snapshot()
+        if snapshot.has_posts:
+            return snapshot, snapshot.is_stale(now(), cache.ttl, fetchable=False)
+        raise FeedError(
+            "upstream_unavailable", "The feed cannot be served right now."
+        ) from None
     usable = record is not None and record.get("status") != "reauthorization_required"
     if usable:
         snapshot = cache.get_lazily(instagram_fetch)

@@ -372,7 +372,12 @@ def refresh_in_background_if_due() -> None:
     if checked is not None and timedelta(0) <= moment - checked < BACKGROUND_CHECK:
         return
     app_services.token_checked_at = moment
-    for provider, record in token_store().peek_all().items():
+    try:
+        records = token_store().peek_all()
+    except TokenStoreError:
+        # Nothing can be refreshed; /healthz and the admin pages report the file.
+        return
+    for provider, record in records.items():
         if provider in app_services.unsaved_refreshes:
             _start_background_refresh(provider)
             continue

@@ -24,6 +24,7 @@ from test_tokens import (
 )
 
 from timeutil import to_iso
+from token_store import TokenStore
 
 HOUR = timedelta(hours=1)
 DAY = timedelta(days=1)
@@ -371,3 +372,89 @@ def test_healthz_corrupt_token_file_503(make_app):
     page = client.get("/admin/generate").get_data(as_text=True)
     assert "tokens.json.corrupt-" in page
     assert "could not be read" in page
+
+
+# --- an unreadable token file ---------------------------------------------
+
+
+def encrypt_token_file(app, clock) -> Path:
+    """Connect, fetch the feed, then encrypt tokens.json with a key `app` lacks."""
+    from cryptography.fernet import Fernet
+
+    connect(app, clock)
+    fetch_feed(app)
+    path = Path(app.instance_path) / "tokens.json"
+    TokenStore(path, Fernet.generate_key().decode()).rewrite(encrypted=True)
+    return path
+
+
+def test_encrypted_file_admin_page_names_key(real_app, clock, graph):
+    encrypt_token_file(real_app, clock)
+    client = real_app.test_client()
+    log_in(client)
+
+    response = client.get("/admin/summary")
+    page = response.get_data(as_text=True)
+
+    assert response.status_code == 503
+    assert "TOKEN_ENCRYPTION_KEY" in page
+
+
+def test_encrypted_file_feed_still_served(real_app, clock, graph, monkeypatch):
+    encrypt_token_file(real_app, clock)
+    # Public requests look at the file at once, not after up to a second.
+    monkeypatch.setattr(TokenStore, "PEEK_RECHECK_SECONDS", 0.0)
+    client = real_app.test_client()
+
+    response = client.get("/images")
+    embed = client.get("/images/embed")
+
+    assert response.status_code == 200
+    assert len(response.get_json()["data"]) == 1
+    assert embed.status_code == 200
+
+
+def test_encrypted_file_healthz_degraded(real_app, clock, graph):
+    encrypt_token_file(real_app, clock)
+
+    status, body, text = healthz(real_app)
+
+    assert status == 503
+    assert body["status"] == "degraded"
+    assert body["providers"]["instagram"]["problems"] == ["token_file_unreadable"]
+    assert "TOKEN_ENCRYPTION_KEY" not in text
+
+
+def test_encrypted_file_commands_one_line(real_app, clock, graph):
+    encrypt_token_file(real_app, clock)
+    runner = real_app.test_cli_runner()
+
+    results = [
+        runner.invoke(args=["token", "status"]),
+        runner.invoke(args=["feed", "refresh"]),
+    ]
+
+    for result in results:
+        assert result.exit_code == 1
+        assert "TOKEN_ENCRYPTION_KEY" in result.output
+        assert "Traceback" not in result.output
+        assert result.exception is None or isinstance(result.exception, SystemExit)
+
+
+@pytest.mark.parametrize("path", ["/images", "/healthz"])
+def test_corrupt_file_first_request_answers(real_app, clock, graph, path, monkeypatch):
+    connect(real_app, clock)
+    fetch_feed(real_app)
+    monkeypatch.setattr(TokenStore, "PEEK_RECHECK_SECONDS", 0.0)
+    (Path(real_app.instance_path) / "tokens.json").write_text("not json")
+
+    response = real_app.test_client().get(path)
+    body = response.get_json()
+
+    if path == "/images":
+        assert response.status_code == 200
+        assert len(body["data"]) == 1
+    else:
+        assert response.status_code == 503
+        assert body["status"] == "degraded"
+        assert body["providers"]["instagram"]["problems"] == ["token_file_unreadable"]
