@@ -14,7 +14,7 @@ from typing import Any, Protocol
 from flask import current_app, url_for
 
 from instagram import InstagramError, LongLivedToken, TokenInvalidError
-from services import instagram_client, now
+from services import instagram_client, now, token_store
 from timeutil import to_iso
 from x_provider import XProvider
 
@@ -139,9 +139,10 @@ class InstagramProvider:
     def import_token(self, access_token: str) -> dict[str, Any]:
         """Check a token made elsewhere (the App Dashboard) and build its record.
 
-        The profile call proves the token works. A refresh then learns its expiry;
-        when Instagram does not allow one yet (a token under 24 hours old), the
-        expiry is recorded as unknown and the token is due from 24 hours on.
+        The profile call proves the token works. A refresh then learns its expiry.
+        When Instagram does not allow one yet (a token under 24 hours old), the
+        expiry is recorded as unknown and the token is due from 24 hours on,
+        unless the token is the one already stored, whose known times are kept.
         Raises InstagramError when the token does not work.
         """
         client = instagram_client()
@@ -156,7 +157,15 @@ class InstagramProvider:
         except TokenInvalidError:
             raise
         except InstagramError as err:
-            logger.warning("Imported token not refreshed yet, expiry unknown: %s", err)
+            stored = token_store().get("instagram") or {}
+            if stored.get("access_token") == access_token:
+                for key in ("expires_at", "obtained_at", "refreshed_at"):
+                    record[key] = stored.get(key)
+                logger.info("Imported the stored token again, so its expiry is kept")
+            else:
+                logger.warning(
+                    "Imported token not refreshed yet, expiry unknown: %s", err
+                )
         return record
 
 

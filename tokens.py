@@ -195,7 +195,8 @@ def _refresh_locked(
 ) -> RefreshResult:
     moment = now()
     if record is None:
-        return RefreshResult(provider, "not_connected", f"{provider} is not connected.")
+        title = PROVIDERS[provider].title
+        return RefreshResult(provider, "not_connected", f"{title} is not connected.")
     if record.get("status") == "reauthorization_required":
         message = (record.get("last_error") or {}).get("message", "")
         return RefreshResult(provider, "reauthorization_required", message)

@@ -201,7 +201,7 @@ def test_refresh_nothing_connected_exit_zero(runner, graph):
 def test_refresh_named_provider_not_connected(runner, graph):
     result = runner.invoke(args=["token", "refresh", "--provider", "instagram"])
     assert result.exit_code == 1
-    assert "instagram is not connected" in result.output
+    assert "instagram: not_connected: Instagram is not connected." in result.output
 
 
 def test_refresh_due_exit_zero(real_app, runner, clock, graph):
@@ -293,6 +293,21 @@ def test_import_fresh_token_expiry_unknown(real_app, runner, clock, graph):
     assert not tokens.is_due(record, clock.moment + 23 * HOUR, 30)
     assert tokens.is_due(record, clock.moment + 24 * HOUR, 30)
     assert IMPORTED_TOKEN not in result.output
+
+
+def test_import_same_token_keeps_expiry(real_app, runner, clock, graph):
+    before = connect(real_app, clock, access_token=IMPORTED_TOKEN)
+    graph.get(ME_URL, json=PROFILE)
+    graph.get(REFRESH_URL, status_code=400, json=graph_error(100))
+
+    result = import_token(runner)
+    record = store_of(real_app).get("instagram")
+
+    assert result.exit_code == 0, result.output
+    assert f"expires {before['expires_at']}" in result.output
+    assert record["expires_at"] == before["expires_at"]
+    assert record["obtained_at"] == before["obtained_at"]
+    assert record["refreshed_at"] == before["refreshed_at"]
 
 
 def test_import_sends_token_to_me(real_app, runner, graph):
