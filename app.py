@@ -33,6 +33,7 @@ import tokens
 import tweets
 from auth import SESSION_LIFETIME
 from extensions import csrf
+from feed import FeedError
 from logs import configure_logging
 from messages import shown_value
 from services import Services
@@ -174,7 +175,13 @@ def _token_store_failed(error: TokenStoreError) -> Response | tuple[str, int]:
     message = "The service cannot read its settings right now. Try again later."
     if request.path in EMBED_PAGES:
         return images.embed_error_page(503, message)
-    return images.error_response(503, "upstream_unavailable", message)
+    try:
+        page_format = images.parse_format(images.first_parameters().get("format"))
+    except images.ParameterError:
+        page_format = "json"
+    # As for any 503 of a feed route, HTML is an empty grid for visitors.
+    failure = FeedError("upstream_unavailable", message)
+    return images.unavailable_response(failure, "images", page_format)
 
 
 def _is_public_path(path: str) -> bool:
@@ -192,8 +199,8 @@ def _range_not_satisfiable(
     sent = shown_value(request.headers.get("Range", ""), 100)
     size = "" if error.length is None else f", which is {error.length} bytes"
     message = (
-        f"The range {sent} is outside the file{size}. Request a range within "
-        "it, or the whole file without a Range header."
+        f"The Range header {sent} does not name one part of the file{size}. "
+        "Send one byte range within it, such as bytes=0-1023, or no Range header."
     )
     response = images.error_response(416, "range_not_satisfiable", message)
     if error.length is not None:

@@ -414,6 +414,20 @@ def test_encrypted_file_feed_still_served(real_app, clock, graph, monkeypatch):
     assert embed.status_code == 200
 
 
+def test_unreadable_file_html_error_is_empty_grid(real_app, clock, graph):
+    connect(real_app, clock)
+    (Path(real_app.instance_path) / "tokens.json").write_text("not json")
+
+    response = real_app.test_client().get("/images?format=html")
+    page = response.get_data(as_text=True)
+
+    assert response.status_code == 503
+    assert response.mimetype == "text/html"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert "settings" not in page
+    assert "{" not in page
+
+
 def test_encrypted_file_healthz_degraded(real_app, clock, graph):
     encrypt_token_file(real_app, clock)
 

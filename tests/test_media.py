@@ -1426,3 +1426,4 @@ def test_media_ranges_and_json_416(client, instagram):
     assert error["code"] == "range_not_satisfiable"
     assert "bytes=99999999-" in error["message"]
     assert f"{size} bytes" in error["message"]
+    assert "Send one byte range within it" in error["message"]

@@ -1368,3 +1368,28 @@ def test_search_limit_on_embed_is_html(make_x_app, fake_x):
     assert "<b>" not in page
     assert int(limited.headers["Retry-After"]) > 0
     assert "frame-ancestors" in limited.headers["Content-Security-Policy"]
+
+
+def test_search_unreadable_token_file_html_grid(make_x_app, fake_x, clock):
+    from cryptography.fernet import Fernet
+
+    app = make_x_app(
+        X_BEARER_TOKEN=BEARER,
+        X_USERNAME="owner_handle",
+        X_CLIENT_ID=CLIENT_ID,
+        X_CLIENT_SECRET=CLIENT_SECRET,
+    )
+    store_of(app).set("x", oauth2_record(clock.moment, timedelta(hours=2)))
+    path = store_of(app).path
+    TokenStore(path, Fernet.generate_key().decode()).rewrite(encrypted=True)
+    client = app.test_client()
+
+    page = client.get("/tweets/search?q=sunset&format=html")
+    data = client.get("/tweets/search?q=sunset&format=json")
+
+    assert page.status_code == 503
+    assert page.mimetype == "text/html"
+    assert page.headers["Cache-Control"] == "no-store"
+    assert "error" not in page.get_data(as_text=True)
+    assert data.status_code == 503
+    assert error_of(data)["code"] == "upstream_unavailable"
