@@ -134,8 +134,10 @@ def refresh_token(provider: str, trigger: str, force: bool = False) -> RefreshRe
     unsaved = services().unsaved_refreshes
     replaced = None
     record = None
+    loaded = False
     try:
         with token_store().transaction() as providers:
+            loaded = True
             record = providers.get(provider)
             replaced = (record or {}).get("refresh_token")
             pending = unsaved.get(provider)
@@ -147,7 +149,11 @@ def refresh_token(provider: str, trigger: str, force: bool = False) -> RefreshRe
             else:
                 result = _refresh_locked(provider, record, trigger, force, events)
     except TokenStoreError as err:
-        result = _unsaved_result(provider, record, replaced, err)
+        if loaded:
+            result = _unsaved_result(provider, record, replaced, err)
+        else:
+            logger.error("Cannot read the token file to refresh %s: %s", provider, err)
+            result = RefreshResult(provider, "failed", str(err))
     else:
         if unsaved.pop(provider, None) is not None:
             logger.info("Saved the %s tokens of an earlier refresh", provider)

@@ -455,6 +455,17 @@ def test_encrypted_file_commands_one_line(real_app, clock, graph):
         assert result.exception is None or isinstance(result.exception, SystemExit)
 
 
+def test_encrypted_file_refresh_logs_read(real_app, clock, graph, caplog):
+    encrypt_token_file(real_app, clock)
+
+    result = real_app.test_cli_runner().invoke(args=["token", "refresh", "--force"])
+
+    assert result.exit_code == 1
+    assert "TOKEN_ENCRYPTION_KEY" in result.output
+    assert "Cannot read the token file to refresh instagram" in caplog.text
+    assert "Cannot save" not in caplog.text
+
+
 @pytest.mark.parametrize("path", ["/images", "/healthz"])
 def test_corrupt_file_first_request_answers(real_app, clock, graph, path, monkeypatch):
     connect(real_app, clock)
