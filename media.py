@@ -22,8 +22,18 @@ from pathlib import Path
 from typing import Any
 
 import requests
-from flask import Blueprint, Response, abort, current_app, g, send_file, url_for
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    g,
+    request,
+    send_file,
+    url_for,
+)
 from PIL import Image, ImageOps, UnidentifiedImageError
+from werkzeug.http import parse_range_header
 
 from messages import shown_value
 from token_store import file_lock
@@ -31,6 +41,23 @@ from token_store import file_lock
 logger = logging.getLogger(__name__)
 
 bp = Blueprint("media", __name__, url_prefix="/media")
+
+
+@bp.before_request
+def ignore_unusable_range() -> None:
+    """Drop a Range header that is not one byte range, so the whole file is sent.
+
+    Werkzeug responds with 416 to a header it cannot parse and to several
+    ranges. A server may ignore a Range header and send the whole file, which
+    every client can use.
+    """
+    value = request.environ.get("HTTP_RANGE")
+    if value is None:
+        return
+    parsed = parse_range_header(value)
+    if parsed is None or parsed.units != "bytes" or len(parsed.ranges) != 1:
+        del request.environ["HTTP_RANGE"]
+
 
 DEFAULT_WIDTHS = (150, 320, 640, 1080)
 MAX_DOWNLOAD_BYTES = 20 * 1024 * 1024

@@ -1427,3 +1427,15 @@ def test_media_ranges_and_json_416(client, instagram):
     assert "bytes=99999999-" in error["message"]
     assert f"{size} bytes" in error["message"]
     assert "Send one byte range within it" in error["message"]
+
+
+@pytest.mark.parametrize("header", ["bytes=abc", "bytes=0-1,5-6", "items=0-1", "bytes"])
+def test_media_unusable_range_sends_whole_file(client, instagram, header):
+    instagram.serve(cdn_url("1.jpg"), jpeg())
+    publish(client, instagram, [raw_post(1)])
+    whole = client.get(media_path(1, 320)).data
+
+    response = client.get(media_path(1, 320), headers={"Range": header})
+
+    assert response.status_code == 200
+    assert response.data == whole
