@@ -518,15 +518,13 @@ class SerializedPosts:
 
     def of(self, page: list[int]) -> tuple[list[bytes], list[bytes]]:
         """Return the JSON and the digests of the posts at the positions in `page`."""
-        texts = self.texts
-        if None in [texts[position] for position in page]:
-            for position in page:
-                if texts[position] is None:
-                    text = _json(self.rewrite(self.posts[position])).encode()
-                    # Threads that serialise the same post store equal values.
-                    self.digests[position] = hashlib.sha256(text).digest()
-                    texts[position] = text
-        digests = self.digests
+        texts, digests = self.texts, self.digests
+        for position in page:
+            if texts[position] is None:
+                text = _json(self.rewrite(self.posts[position])).encode()
+                # Threads that serialise the same post store equal values.
+                digests[position] = hashlib.sha256(text).digest()
+                texts[position] = text
         return (
             [texts[position] for position in page],
             [digests[position] for position in page],

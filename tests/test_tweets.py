@@ -1319,7 +1319,8 @@ def test_x_callback_rejected_code_shows_reason(make_x_app, requests_mock):
     assert "invalid_request" in summary
 
 
-def test_summary_shows_x_feed(make_x_app, fake_x, clock):
+def oauth2_connected_app(make_x_app, clock):
+    """Return an app with a bearer token and a stored OAuth 2.0 connection."""
     app = make_x_app(
         X_BEARER_TOKEN=BEARER,
         X_USERNAME="owner_handle",
@@ -1327,6 +1328,11 @@ def test_summary_shows_x_feed(make_x_app, fake_x, clock):
         X_CLIENT_SECRET=CLIENT_SECRET,
     )
     store_of(app).set("x", oauth2_record(clock.moment, timedelta(hours=2)))
+    return app
+
+
+def test_summary_shows_x_feed(make_x_app, fake_x, clock):
+    app = oauth2_connected_app(make_x_app, clock)
     client = app.test_client()
     client.get("/tweets?format=json")
     log_in(client)
@@ -1373,13 +1379,7 @@ def test_search_limit_on_embed_is_html(make_x_app, fake_x):
 def test_search_unreadable_token_file_html_grid(make_x_app, fake_x, clock):
     from cryptography.fernet import Fernet
 
-    app = make_x_app(
-        X_BEARER_TOKEN=BEARER,
-        X_USERNAME="owner_handle",
-        X_CLIENT_ID=CLIENT_ID,
-        X_CLIENT_SECRET=CLIENT_SECRET,
-    )
-    store_of(app).set("x", oauth2_record(clock.moment, timedelta(hours=2)))
+    app = oauth2_connected_app(make_x_app, clock)
     path = store_of(app).path
     TokenStore(path, Fernet.generate_key().decode()).rewrite(encrypted=True)
     client = app.test_client()
