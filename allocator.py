@@ -13,14 +13,15 @@ MMAP_THRESHOLD_BYTES = 128 * 1024
 
 
 def fix_mmap_threshold() -> bool:
-    """Hold glibc's mmap threshold at 128 KiB; return whether it was set.
+    """Hold glibc's mmap threshold at 128 KiB, and return whether it was set.
 
-    By default glibc raises the threshold, up to 32 MiB, each time a large
-    mapped block is freed. Later large buffers, such as a feed's JSON text or
-    Pillow's image memory, then come from the heap, whose freed pages mostly
-    stay resident. With the threshold held, each such buffer is returned to
-    the system when freed. The MALLOC_MMAP_THRESHOLD_ variable, when set, is
-    left to glibc. On other C libraries this does nothing.
+    By default glibc raises the threshold, up to 32 MiB on 64-bit systems, each
+    time a large mapped block is freed. Later large buffers, such as a feed's
+    JSON text or an image being resized, then come from the heap, whose freed
+    pages mostly stay resident. Setting the threshold turns that adjustment
+    off, so each such buffer is returned to the system when freed. The
+    MALLOC_MMAP_THRESHOLD_ variable, when set, is left to glibc. On other C
+    libraries this does nothing.
     """
     if "MALLOC_MMAP_THRESHOLD_" in os.environ:
         return False

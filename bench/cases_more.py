@@ -79,7 +79,7 @@ def search_case(
     return case_result(
         "Search `/images?q=...`",
         f"Visitors search the {settings.posts} and {settings.search_posts} kept "
-        "posts with different words; every query here is new to the cache of "
+        "posts with different words. Every query here is new to the cache of "
         "rendered pages, so each request runs its query over all kept posts "
         "through the feed's search index and renders its page. A query asked "
         "once is not kept, and one asked again is.",

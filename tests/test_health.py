@@ -414,7 +414,7 @@ def test_encrypted_file_feed_still_served(real_app, clock, graph, monkeypatch):
     assert embed.status_code == 200
 
 
-def test_unreadable_file_html_error_is_empty_grid(real_app, clock, graph):
+def test_unreadable_file_html_empty_grid(real_app, clock, graph):
     connect(real_app, clock)
     (Path(real_app.instance_path) / "tokens.json").write_text("not json")
 
@@ -467,7 +467,7 @@ def test_encrypted_file_refresh_logs_read(real_app, clock, graph, caplog):
 
 
 @pytest.mark.parametrize("path", ["/images", "/healthz"])
-def test_corrupt_file_first_request_answers(real_app, clock, graph, path, monkeypatch):
+def test_corrupt_file_first_request_served(real_app, clock, graph, path, monkeypatch):
     connect(real_app, clock)
     fetch_feed(real_app)
     monkeypatch.setattr(TokenStore, "PEEK_RECHECK_SECONDS", 0.0)
